@@ -123,7 +123,7 @@ def _gloo_group() -> dist.ProcessGroup:
     """A cached gloo group: object collectives run on CPU whatever the main backend is."""
     if dist.get_backend() == dist.Backend.NCCL:
         return dist.new_group(backend="gloo")
-    return dist.group.WORLD
+    return dist.group.WORLD  # type: ignore[return-value]
 
 
 def all_gather(data: Any, group: dist.ProcessGroup | None = None) -> list[Any]:
@@ -192,4 +192,3 @@ def _reset_local_process_group() -> None:
     global _LOCAL_PROCESS_GROUP
     _LOCAL_PROCESS_GROUP = None
     _gloo_group.cache_clear()
-
