@@ -109,8 +109,9 @@ def _multistep(solver: Any, max_iter: int) -> ParamScheduler:
                 f"SOLVER.MAX_ITER={max_iter} (larger ones are dropped), got {steps_cfg}"
             )
         previous = step
+    gamma = _checks.real("SOLVER.GAMMA", solver.GAMMA)
     return MultiStepParamScheduler(
-        values=[solver.GAMMA**k for k in range(len(steps) + 1)],
+        values=[gamma**k for k in range(len(steps) + 1)],
         milestones=steps,
         num_updates=max_iter,
     )
