@@ -334,3 +334,14 @@ def test_legacy_warmup_cosine_lr():
 def test_legacy_warmup_multistep_rejects_unsorted_milestones():
     with pytest.raises(ValueError, match="increasing"):
         WarmupMultiStepLR(make_optimizer(1.0), milestones=[20, 10])
+
+
+def test_fvcore_param_schedulers_are_accepted():
+    # A stand-in for fvcore.common.param_scheduler.ParamScheduler (fvcore is not a dependency).
+    fvcore_base = type("ParamScheduler", (), {"__module__": "fvcore.common.param_scheduler"})
+    half = type("Half", (fvcore_base,), {"__call__": lambda self, where: 0.5})()
+    optimizer = make_optimizer(4.0)
+    LRMultiplier(optimizer, WarmupParamScheduler(half, warmup_factor=0.25, warmup_length=0.5), max_iter=10)
+    assert optimizer.param_groups[0]["lr"] == 0.5  # 4 * 0.25 * half(0)
+    LRMultiplier(optimizer, half, max_iter=10)
+    assert optimizer.param_groups[0]["lr"] == 2.0

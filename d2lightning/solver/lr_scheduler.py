@@ -21,6 +21,7 @@ from d2lightning.solver.param_scheduler import (
     ConstantParamScheduler,
     LinearParamScheduler,
     ParamScheduler,
+    is_param_scheduler,
 )
 
 __all__ = ["LRMultiplier", "LRScheduler", "WarmupCosineLR", "WarmupMultiStepLR", "WarmupParamScheduler"]
@@ -36,7 +37,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
     remaining ``1 - warmup_length`` of training (so it starts at its own beginning).
 
     Args:
-        scheduler: the schedule to prepend the warmup to.
+        scheduler: the schedule to prepend the warmup to (ours or fvcore's).
         warmup_factor: factor of ``scheduler(0)`` warmup starts from, e.g. 0.001 (>= 0).
         warmup_length: fraction of training spent warming up, in ``[0, 1]``, e.g. ``1000 / max_iter``.
         warmup_method: ``"linear"`` or ``"constant"``.
@@ -64,7 +65,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
         warmup_method: str = "linear",
         rescale_interval: bool = False,
     ) -> None:
-        if not isinstance(scheduler, ParamScheduler):
+        if not is_param_scheduler(scheduler):
             raise TypeError(f"scheduler must be a ParamScheduler, got {scheduler!r}")
         factor = _checks.real("warmup_factor", warmup_factor, non_negative=True)
         length = _checks.real("warmup_length", warmup_length, non_negative=True)
@@ -86,15 +87,6 @@ class WarmupParamScheduler(CompositeParamScheduler):
             lengths=[length, 1 - length],
             interval_scaling=["rescaled", "rescaled" if rescale_interval else "fixed"],
         )
-
-
-def _is_param_scheduler(obj: Any) -> bool:
-    """Ours, or fvcore's ``ParamScheduler`` (accepted without importing fvcore)."""
-    if isinstance(obj, ParamScheduler):
-        return True
-    return any(
-        cls.__name__ == "ParamScheduler" and cls.__module__.startswith("fvcore.") for cls in type(obj).__mro__
-    )
 
 
 class LRMultiplier(LRScheduler):
@@ -139,7 +131,7 @@ class LRMultiplier(LRScheduler):
         max_iter: int,
         last_iter: int = -1,
     ) -> None:
-        if not _is_param_scheduler(multiplier):
+        if not is_param_scheduler(multiplier):
             raise ValueError(
                 f"LRMultiplier(multiplier=) must be an instance of ParamScheduler, got {multiplier!r}"
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from d2lightning.solver import _checks
 
@@ -67,6 +68,18 @@ class ParamScheduler:
 
     def _value(self, where: float) -> float:
         raise NotImplementedError("Param schedulers must implement _value(where)")
+
+
+def is_param_scheduler(obj: Any) -> bool:
+    """True for a :class:`ParamScheduler` or an fvcore ``ParamScheduler`` (detected without importing fvcore).
+
+    Lets schedulers built with a real fvcore (e.g. in existing LazyConfigs) be combined with ours.
+    """
+    if isinstance(obj, ParamScheduler):
+        return True
+    return any(
+        cls.__name__ == "ParamScheduler" and cls.__module__.startswith("fvcore.") for cls in type(obj).__mro__
+    )
 
 
 class ConstantParamScheduler(ParamScheduler):
@@ -272,7 +285,7 @@ class CompositeParamScheduler(ParamScheduler):
     the progress *within* its segment (0 to 1); with ``"fixed"`` it sees the global ``where``.
 
     Args:
-        schedulers: the schedulers, at least one.
+        schedulers: the schedulers (ours or fvcore's), at least one.
         lengths: fraction of training for each scheduler (non-negative, summing to 1).
         interval_scaling: ``"rescaled"`` or ``"fixed"`` for each scheduler.
 
@@ -294,7 +307,7 @@ class CompositeParamScheduler(ParamScheduler):
         if len(schedulers) == 0:
             raise ValueError("There must be at least one scheduler in the composite scheduler")
         for i, sched in enumerate(schedulers):
-            if not isinstance(sched, ParamScheduler):
+            if not is_param_scheduler(sched):
                 raise TypeError(f"schedulers[{i}] must be a ParamScheduler, got {sched!r}")
         if len(lengths) != len(schedulers) or len(interval_scaling) != len(schedulers):
             raise ValueError(
@@ -308,7 +321,7 @@ class CompositeParamScheduler(ParamScheduler):
             lens[-1] = 1.0 - sum(lens[:-1])
         for i, scaling in enumerate(interval_scaling):
             _checks.choice(f"interval_scaling[{i}]", scaling, ("rescaled", "fixed"))
-        self._schedulers = list(schedulers)
+        self._schedulers: list[Any] = list(schedulers)
         self._lengths = lens
         self._interval_scaling = list(interval_scaling)
 
