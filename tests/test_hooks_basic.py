@@ -210,3 +210,16 @@ def test_periodic_writer_validation() -> None:
         hooks.PeriodicWriter([object()])
     with pytest.raises(ValueError, match="PeriodicWriter period must be an int >= 1, got 0"):
         hooks.PeriodicWriter([], period=0)
+
+
+def test_lr_scheduler_wraps_a_param_scheduler_and_stays_aligned_on_resume() -> None:
+    from d2lightning.solver import MultiStepParamScheduler
+
+    model = SimpleModel()
+    opt = torch.optim.SGD(model.parameters(), 1.0)
+    opt.param_groups[0]["initial_lr"] = 1.0  # what a loaded optimizer state carries on resume
+    schedule = MultiStepParamScheduler([1.0, 0.1, 0.01], milestones=[4, 8], num_updates=10)
+    trainer = SimpleTrainer(model, infinite_loader(), opt)
+    trainer.register_hooks([hooks.LRScheduler(opt, schedule)])
+    trainer.train(6, 10)  # a resumed run: the multiplier starts at iteration 6
+    assert [lr for lr, _ in trainer.storage.history("lr").values()] == pytest.approx([0.1, 0.1, 0.01, 0.01])

@@ -191,9 +191,7 @@ def test_reduce_param_groups_keeps_param_names():
         {"params": ["a", "b"], "param_names": ["A", "B"], "lr": 1.0},
         {"params": ["c"], "param_names": ["C"], "lr": 1.0},
     ]
-    assert reduce_param_groups(params) == [
-        {"lr": 1.0, "params": ["a", "b", "c"], "param_names": ["A", "B", "C"]}
-    ]
+    assert reduce_param_groups(params) == [{"lr": 1.0, "params": ["a", "b", "c"], "param_names": ["A", "B", "C"]}]
 
 
 def test_reduce_param_groups_requires_params_key():

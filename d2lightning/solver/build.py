@@ -88,9 +88,7 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
             foreach=True,
         )
     else:
-        optimizer = torch.optim.AdamW(
-            params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, foreach=True
-        )
+        optimizer = torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, foreach=True)
     return maybe_add_gradient_clipping(cfg, optimizer)
 
 
@@ -98,9 +96,7 @@ def _multistep(solver: Any, max_iter: int) -> ParamScheduler:
     steps_cfg = list(solver.STEPS)
     steps = [x for x in steps_cfg if x <= max_iter]
     if len(steps) != len(steps_cfg):
-        logger.warning(
-            "SOLVER.STEPS contains values larger than SOLVER.MAX_ITER. These values will be ignored."
-        )
+        logger.warning("SOLVER.STEPS contains values larger than SOLVER.MAX_ITER. These values will be ignored.")
     previous = 0
     for step in steps:
         if not _checks.is_int(step) or not previous < step < max_iter:

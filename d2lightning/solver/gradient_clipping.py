@@ -118,9 +118,7 @@ def maybe_add_gradient_clipping(cfg: Any, optimizer: _OptimizerOrType) -> _Optim
             f"optimizer {optimizer_type.__name__} already has an instance-level `step` (an LR scheduler "
             "was created for it); add gradient clipping before creating its LR scheduler"
         )
-    clipping_class = _optimizer_class_with_gradient_clipping(
-        optimizer_type, _create_gradient_clipper(clip_cfg)
-    )
+    clipping_class = _optimizer_class_with_gradient_clipping(optimizer_type, _create_gradient_clipper(clip_cfg))
     if isinstance(optimizer, torch.optim.Optimizer):
         optimizer.__class__ = clipping_class
         return optimizer

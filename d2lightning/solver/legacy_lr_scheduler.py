@@ -80,9 +80,7 @@ class WarmupMultiStepLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         """Return the lr of each param group at ``last_epoch``."""
-        warmup = _warmup_factor_at_iter(
-            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
-        )
+        warmup = _warmup_factor_at_iter(self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor)
         decay = self.gamma ** bisect.bisect_right(self.milestones, self.last_epoch)
         return [base_lr * warmup * decay for base_lr in self.base_lrs]  # type: ignore[misc]
 
@@ -120,8 +118,6 @@ class WarmupCosineLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         """Return the lr of each param group at ``last_epoch``."""
-        warmup = _warmup_factor_at_iter(
-            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
-        )
+        warmup = _warmup_factor_at_iter(self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor)
         cosine = 0.5 * (1.0 + math.cos(math.pi * self.last_epoch / self.max_iters))
         return [base_lr * warmup * cosine for base_lr in self.base_lrs]  # type: ignore[misc]

@@ -132,9 +132,7 @@ class LRMultiplier(LRScheduler):
         last_iter: int = -1,
     ) -> None:
         if not is_param_scheduler(multiplier):
-            raise ValueError(
-                f"LRMultiplier(multiplier=) must be an instance of ParamScheduler, got {multiplier!r}"
-            )
+            raise ValueError(f"LRMultiplier(multiplier=) must be an instance of ParamScheduler, got {multiplier!r}")
         if not _checks.is_int(last_iter):
             raise TypeError(f"last_iter must be an integer, got {last_iter!r}")
         if last_iter < -1:

@@ -44,9 +44,7 @@ def _check_overrides(overrides: Any) -> dict[str, dict[str, Any]]:
     if overrides is None:
         return {}
     if not isinstance(overrides, Mapping):
-        raise TypeError(
-            f"overrides must be a dict of param name -> dict of hyperparameters, got {overrides!r}"
-        )
+        raise TypeError(f"overrides must be a dict of param name -> dict of hyperparameters, got {overrides!r}")
     checked: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
         if not isinstance(value, Mapping):

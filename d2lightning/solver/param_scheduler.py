@@ -77,9 +77,7 @@ def is_param_scheduler(obj: Any) -> bool:
     """
     if isinstance(obj, ParamScheduler):
         return True
-    return any(
-        cls.__name__ == "ParamScheduler" and cls.__module__.startswith("fvcore.") for cls in type(obj).__mro__
-    )
+    return any(cls.__name__ == "ParamScheduler" and cls.__module__.startswith("fvcore.") for cls in type(obj).__mro__)
 
 
 class ConstantParamScheduler(ParamScheduler):
@@ -200,9 +198,7 @@ class MultiStepParamScheduler(ParamScheduler):
         if num_updates is None:
             num_updates, stones = stones[-1], stones[:-1]
         if num_updates < len(vals):
-            raise ValueError(
-                f"num_updates ({num_updates}) must be at least the number of values ({len(vals)})"
-            )
+            raise ValueError(f"num_updates ({num_updates}) must be at least the number of values ({len(vals)})")
         previous = 0
         for stone in stones:
             if stone >= num_updates:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from d2lightning.engine.train_loop import HookBase
+from d2lightning.solver.lr_scheduler import LRMultiplier
+from d2lightning.solver.param_scheduler import is_param_scheduler
 
 __all__ = ["LRScheduler"]
 
@@ -52,9 +54,7 @@ class LRScheduler(HookBase):
         scheduler = self.scheduler
         if scheduler is None:
             raise ValueError("LRScheduler got no scheduler and the trainer has no 'scheduler' attribute")
-        if _is_param_scheduler(scheduler):
-            from d2lightning.solver import LRMultiplier
-
+        if is_param_scheduler(scheduler):
             self._scheduler = LRMultiplier(
                 self._optimizer, scheduler, self.trainer.max_iter, last_iter=self.trainer.iter - 1
             )
@@ -102,10 +102,3 @@ class LRScheduler(HookBase):
         if isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
             logger.info("Loading scheduler from state_dict ...")
             scheduler.load_state_dict(state_dict)
-
-
-def _is_param_scheduler(obj: Any) -> bool:
-    """A ``ParamScheduler`` (ours or fvcore's): called with the training progress, has no ``step``."""
-    if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):
-        return False
-    return callable(obj) and not callable(getattr(obj, "step", None))
