@@ -53,7 +53,9 @@ class CNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+            )
 
         self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128))
         self.head = nn.Linear(128, 10)

@@ -1,6 +1,6 @@
 """A detectron2-style training loop on Lightning, both ways in: SimpleTrainer.train and Trainer.fit.
 
-    python examples/train_simple.py --output-dir ./output/example
+python examples/train_simple.py --output-dir ./output/example
 """
 
 from __future__ import annotations

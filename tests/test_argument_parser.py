@@ -80,9 +80,7 @@ def test_windows_uses_uid_1(monkeypatch):
 
 
 def test_assignment_overrides_pass_through_opts():
-    args = default_argument_parser().parse_args(
-        ["--config-file", "c.yaml", "SOLVER.MAX_ITER=10", "SEED", "3"]
-    )
+    args = default_argument_parser().parse_args(["--config-file", "c.yaml", "SOLVER.MAX_ITER=10", "SEED", "3"])
     assert args.opts == ["SOLVER.MAX_ITER=10", "SEED", "3"]
 
 

@@ -173,9 +173,7 @@ def test_assignment_of_wrong_type_raises_naming_key_type_and_value(key, value, e
 
 def test_reading_an_unknown_key_raises_attribute_error_with_suggestion():
     cfg = get_cfg()
-    with pytest.raises(
-        UnknownKeyError, match=r"Unknown config key 'SOLVER.BASE_RL'. Did you mean 'SOLVER.BASE_LR'\?"
-    ):
+    with pytest.raises(UnknownKeyError, match=r"Unknown config key 'SOLVER.BASE_RL'. Did you mean 'SOLVER.BASE_LR'\?"):
         _ = cfg.SOLVER.BASE_RL
     assert not hasattr(cfg, "NOPE")
     assert getattr(cfg.SOLVER, "NOPE", "fallback") == "fallback"
@@ -191,9 +189,7 @@ def test_new_keys_can_be_added_by_assignment_like_add_config_functions():
     cfg.MODEL.DEEPLAB.ASPP_DILATIONS = [6, 12, 18]
     cfg.merge_from_list(["MODEL.DEEPLAB.ASPP_CHANNELS", "128"])
     assert cfg.MODEL.DEEPLAB.ASPP_CHANNELS == 128
-    with pytest.raises(
-        ConfigTypeError, match=r"'MODEL.DEEPLAB.ASPP_CHANNELS' .* expects int, got str 'wide'"
-    ):
+    with pytest.raises(ConfigTypeError, match=r"'MODEL.DEEPLAB.ASPP_CHANNELS' .* expects int, got str 'wide'"):
         cfg.merge_from_list(["MODEL.DEEPLAB.ASPP_CHANNELS", "wide"])
 
 
@@ -264,9 +260,7 @@ def test_pickle_and_copy_round_trip():
 def test_dump_is_yaml_that_merge_from_file_reads_back(tmp_path):
     cfg = get_cfg()
     cfg.merge_from_list(["SOLVER.STEPS", "(12, 18)", "OUTPUT_DIR", "1e-4", "SOLVER.WEIGHT_DECAY_BIAS", "0.5"])
-    cfg.LIGHTNING.LOGGERS = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "r"}}
-    ]
+    cfg.LIGHTNING.LOGGERS = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "r"}}]
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = float("inf")
     text = cfg.dump()
     assert "BASE_LR: 0.001\n" in text

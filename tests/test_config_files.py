@@ -70,8 +70,7 @@ def test_base_cycle_is_an_error_showing_the_chain(tmp_path):
     with pytest.raises(ConfigFileError) as info:
         get_cfg().merge_from_file(a)
     assert str(info.value) == (
-        "_BASE_ cycle in config files: "
-        f"{real['a.yaml']} -> {real['b.yaml']} -> {real['c.yaml']} -> {real['a.yaml']}"
+        f"_BASE_ cycle in config files: {real['a.yaml']} -> {real['b.yaml']} -> {real['c.yaml']} -> {real['a.yaml']}"
     )
 
 
@@ -119,9 +118,7 @@ def test_unknown_key_names_key_file_and_suggestion(chain, tmp_path):
     bad = _write(tmp_path / "configs/exp/typo.yaml", "_BASE_: leaf.yaml\nSOLVER:\n  BASE_RL: 0.1\n")
     with pytest.raises(UnknownKeyError) as info:
         get_cfg().merge_from_file(bad)
-    assert str(info.value) == (
-        f"Unknown config key 'SOLVER.BASE_RL' (in file {bad!r}). Did you mean 'SOLVER.BASE_LR'?"
-    )
+    assert str(info.value) == (f"Unknown config key 'SOLVER.BASE_RL' (in file {bad!r}). Did you mean 'SOLVER.BASE_LR'?")
     assert info.value.key == "SOLVER.BASE_RL" and info.value.suggestion == "SOLVER.BASE_LR"
     assert isinstance(info.value, KeyError)  # what yacs raises
 
@@ -131,10 +128,7 @@ def test_unknown_key_in_a_base_names_the_base_file(tmp_path):
     top = _write(tmp_path / "top.yaml", "_BASE_: base.yaml\nSEED: 1\n")
     with pytest.raises(UnknownKeyError) as info:
         get_cfg().merge_from_file(top)
-    assert (
-        str(info.value)
-        == f"Unknown config key 'MODEL.WIEGHTS' (in file {base!r}). Did you mean 'MODEL.WEIGHTS'?"
-    )
+    assert str(info.value) == f"Unknown config key 'MODEL.WIEGHTS' (in file {base!r}). Did you mean 'MODEL.WEIGHTS'?"
 
 
 def test_unknown_section_and_key_without_suggestion(tmp_path):

@@ -74,9 +74,7 @@ def test_assignment_items_are_read_like_lazyconfig(item, key, expected):
 
 def test_both_forms_mixed_in_one_list():
     cfg = get_cfg()
-    out = apply_overrides(
-        cfg, ["MODEL.WEIGHTS", "w.pth", "SOLVER.IMS_PER_BATCH=8", "OUTPUT_DIR", "x=y", "SEED=1"]
-    )
+    out = apply_overrides(cfg, ["MODEL.WEIGHTS", "w.pth", "SOLVER.IMS_PER_BATCH=8", "OUTPUT_DIR", "x=y", "SEED=1"])
     assert out is cfg
     assert (cfg.MODEL.WEIGHTS, cfg.SOLVER.IMS_PER_BATCH, cfg.OUTPUT_DIR, cfg.SEED) == ("w.pth", 8, "x=y", 1)
 
@@ -103,18 +101,15 @@ def test_key_without_value_is_an_error():
     [
         (
             ["SOLVER.BASE_RL", "0.1"],
-            "Unknown config key 'SOLVER.BASE_RL' (in override 'SOLVER.BASE_RL 0.1'). "
-            "Did you mean 'SOLVER.BASE_LR'?",
+            "Unknown config key 'SOLVER.BASE_RL' (in override 'SOLVER.BASE_RL 0.1'). Did you mean 'SOLVER.BASE_LR'?",
         ),
         (
             ["solver.base_lr=0.1"],
-            "Unknown config key 'solver.base_lr' (in override 'solver.base_lr=0.1'). "
-            "Did you mean 'SOLVER.BASE_LR'?",
+            "Unknown config key 'solver.base_lr' (in override 'solver.base_lr=0.1'). Did you mean 'SOLVER.BASE_LR'?",
         ),
         (
             ["SOLVER.BASE_LR.X", "1"],
-            "Unknown config key 'SOLVER.BASE_LR.X' (in override 'SOLVER.BASE_LR.X 1'). "
-            "Did you mean 'SOLVER.BASE_LR'?",
+            "Unknown config key 'SOLVER.BASE_LR.X' (in override 'SOLVER.BASE_LR.X 1'). Did you mean 'SOLVER.BASE_LR'?",
         ),
     ],
 )

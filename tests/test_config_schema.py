@@ -68,9 +68,7 @@ def test_section_versus_value_conflicts():
         r"m redefines it as a value with default True",
     ):
         extend_defaults({"SOLVER": {"AMP": True}}, source="m")
-    with pytest.raises(
-        ConfigError, match=r"'SEED' is already defined by d2lightning.config.defaults .* as a section"
-    ):
+    with pytest.raises(ConfigError, match=r"'SEED' is already defined by d2lightning.config.defaults .* as a section"):
         extend_defaults({"SEED": {"VALUE": 1}}, source="m")
 
 
@@ -118,8 +116,7 @@ def test_keyspec_types_and_validator_apply_to_the_new_key():
     with pytest.raises(ConfigTypeError) as info:
         cfg.merge_from_list(["MODEL.HEAD.NUM_CLASSES", "0"])
     assert str(info.value) == (
-        "Invalid value 0 for config key 'MODEL.HEAD.NUM_CLASSES' "
-        "(in override 'MODEL.HEAD.NUM_CLASSES 0'): must be > 0"
+        "Invalid value 0 for config key 'MODEL.HEAD.NUM_CLASSES' (in override 'MODEL.HEAD.NUM_CLASSES 0'): must be > 0"
     )
 
 

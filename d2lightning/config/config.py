@@ -76,9 +76,7 @@ class CfgNode(dict[str, Any]):
         object.__setattr__(self, "_new_allowed", bool(new_allowed))
         object.__setattr__(self, "_schema", False)
         for key, value in (init_dict or {}).items():
-            self._store(
-                key, copy.deepcopy(value) if not isinstance(value, Mapping) else value, copy_nodes=True
-            )
+            self._store(key, copy.deepcopy(value) if not isinstance(value, Mapping) else value, copy_nodes=True)
 
     # ----------------------------------------------------------------- access
     def __getattr__(self, name: str) -> Any:
@@ -93,9 +91,7 @@ class CfgNode(dict[str, Any]):
             raise AttributeError(f"{name!r} is internal CfgNode state and cannot be assigned")
         if name.startswith("COMPUTED_"):  # fvcore: insert-only keys, allowed even when frozen
             if name in self and self[name] != value:
-                raise ConfigError(
-                    f"Computed config key {self._full(name)!r} is already {self[name]!r}, not {value!r}"
-                )
+                raise ConfigError(f"Computed config key {self._full(name)!r} is already {self[name]!r}, not {value!r}")
             self._store(name, value)
             return
         self[name] = value
@@ -186,12 +182,9 @@ class CfgNode(dict[str, Any]):
             ConfigError: the list has an odd length. UnknownKeyError / ConfigTypeError as for files.
         """
         if isinstance(cfg_list, (str, bytes)) or not isinstance(cfg_list, Sequence) or len(cfg_list) % 2:
-            raise ConfigError(
-                f"merge_from_list expects a list of KEY, VALUE pairs (even length), got {cfg_list!r}"
-            )
+            raise ConfigError(f"merge_from_list expects a list of KEY, VALUE pairs (even length), got {cfg_list!r}")
         pairs = [
-            (str(k), v, f"override {f'{k} {v}'!r}", False)
-            for k, v in zip(cfg_list[0::2], cfg_list[1::2], strict=True)
+            (str(k), v, f"override {f'{k} {v}'!r}", False) for k, v in zip(cfg_list[0::2], cfg_list[1::2], strict=True)
         ]
         self._set_overrides(pairs)
 
@@ -286,8 +279,7 @@ class CfgNode(dict[str, Any]):
     def _check_mutable(self, key: str) -> None:
         if self._frozen:
             raise FrozenConfigError(
-                f"Cannot change config key {self._full(key)!r}: the config is frozen; "
-                "call cfg.defrost() first.",
+                f"Cannot change config key {self._full(key)!r}: the config is frozen; call cfg.defrost() first.",
                 key=self._full(key),
             )
 

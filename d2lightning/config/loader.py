@@ -108,8 +108,7 @@ def _read_yaml(path: str, unsafe: bool) -> dict[str, Any]:
 
 def _read_unsafe(path: str) -> dict[str, Any]:
     logging.getLogger(__name__).warning(
-        "Loading config %s with yaml.unsafe_load. Your machine may be at risk if the file contains "
-        "malicious content.",
+        "Loading config %s with yaml.unsafe_load. Your machine may be at risk if the file contains malicious content.",
         path,
     )
     try:
@@ -118,9 +117,7 @@ def _read_unsafe(path: str) -> dict[str, Any]:
     except Exception as e:  # anything the file's own code raises, reported with the path
         raise ConfigFileError(f"Cannot parse config file {path!r}: {e}", path=path) from None
     if not isinstance(loaded, dict):
-        raise ConfigFileError(
-            f"Config file {path!r} must hold a mapping of config keys at the top level.", path=path
-        )
+        raise ConfigFileError(f"Config file {path!r} must hold a mapping of config keys at the top level.", path=path)
     return loaded
 
 

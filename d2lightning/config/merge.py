@@ -72,9 +72,7 @@ def section_error(node: CfgNode, key: str, value: Any, origin: str | None) -> Co
     )
 
 
-def merge_tree(
-    node: CfgNode, tree: Mapping[str, Any], origins: Mapping[str, str], default: str, root: CfgNode
-) -> None:
+def merge_tree(node: CfgNode, tree: Mapping[str, Any], origins: Mapping[str, str], default: str, root: CfgNode) -> None:
     """Merge a nested mapping into ``node`` (yacs ``_merge_a_into_b``); string values are literal_eval'ed.
 
     Args:
@@ -86,9 +84,7 @@ def merge_tree(
     """
     for key, raw in tree.items():
         full = node._full(str(key))
-        origin = origins.get(full) or next(
-            (o for k, o in origins.items() if k.startswith(full + ".")), default
-        )
+        origin = origins.get(full) or next((o for k, o in origins.items() if k.startswith(full + ".")), default)
         if key == BASE_KEY:
             raise ConfigError(f"The key {BASE_KEY!r} is only allowed in files ({origin}).", key=full)
         current = dict.get(node, key)

@@ -44,8 +44,7 @@ def parse_overrides(opts: Sequence[str]) -> list[tuple[str, str, bool]]:
             i += 2
         else:
             raise ConfigError(
-                f"Override {opts[i]!r} has no value: give 'KEY VALUE' pairs or 'KEY=VALUE' items "
-                f"(opts: {list(opts)})",
+                f"Override {opts[i]!r} has no value: give 'KEY VALUE' pairs or 'KEY=VALUE' items (opts: {list(opts)})",
                 key=opts[i],
             )
     return parsed

@@ -97,9 +97,7 @@ def default_tree() -> dict[str, Any]:
     """A fresh nested dict of all registered defaults (deep copies; tuples stay tuples)."""
 
     def build(tree: _Tree) -> dict[str, Any]:
-        return {
-            k: build(v) if isinstance(v, dict) else copy.deepcopy(v.spec.default) for k, v in tree.items()
-        }
+        return {k: build(v) if isinstance(v, dict) else copy.deepcopy(v.spec.default) for k, v in tree.items()}
 
     return build(_TREE)
 
@@ -115,9 +113,7 @@ def _extend(defaults: Mapping[str, Any], *, source: str, on_conflict: str) -> No
     _TREE.update(new_tree)
 
 
-def _merge_into(
-    tree: _Tree, defaults: Mapping[str, Any], prefix: tuple[str, ...], source: str, mode: str
-) -> None:
+def _merge_into(tree: _Tree, defaults: Mapping[str, Any], prefix: tuple[str, ...], source: str, mode: str) -> None:
     for key, value in defaults.items():
         if not isinstance(key, str) or not key or "." in key:
             raise TypeError(f"config keys must be non-empty strings without '.', got {key!r} under {prefix}")

@@ -99,9 +99,7 @@ def check_strategy(value: Any) -> Any:
     names = ["auto", *StrategyRegistry.available_strategies()]
     _not_none(value, "'auto' or a registered Lightning strategy name")
     if value.lower() not in names:
-        raise ValueError(
-            f"expected 'auto' or a registered Lightning strategy name ({', '.join(names)}), got {value!r}"
-        )
+        raise ValueError(f"expected 'auto' or a registered Lightning strategy name ({', '.join(names)}), got {value!r}")
     return value
 
 

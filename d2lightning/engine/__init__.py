@@ -2,6 +2,7 @@
 
 from d2lightning.engine import hooks
 from d2lightning.engine.adapter import HookCallback
+from d2lightning.engine.defaults import default_argument_parser
 from d2lightning.engine.module import D2LightningModule
 from d2lightning.engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 
