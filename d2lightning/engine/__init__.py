@@ -13,5 +13,6 @@ __all__ = [
     "HookCallback",
     "SimpleTrainer",
     "TrainerBase",
+    "default_argument_parser",
     "hooks",
 ]
