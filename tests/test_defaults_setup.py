@@ -44,7 +44,7 @@ def test_default_setup_writes_config_log_and_seeds(tmp_path: Path) -> None:
     out = tmp_path / "out"
     saved = get_cfg()
     saved.merge_from_file(str(out / "config.yaml"))
-    assert saved.SOLVER.BASE_LR == pytest.approx(0.123)
+    assert pytest.approx(0.123) == saved.SOLVER.BASE_LR
     assert torch.initial_seed() == 7  # SEED + rank 0
     assert os.environ["PYTHONHASHSEED"] == "7"
     log = (out / "log.txt").read_text()
