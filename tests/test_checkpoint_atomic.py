@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from d2lightning.checkpoint import CorruptCheckpointError, DetectionCheckpointer
-from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text
+from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove_stale_temp_files
 from d2lightning.engine import SimpleTrainer, hooks
-from tests.checkpoint_helpers import loader_from
+from tests.checkpoint_helpers import files, loader_from
 from tests.helpers import SimpleModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,21 @@ def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path: Pa
     atomic_write_text(tmp_path / "last_checkpoint", "m.pth")
     assert (tmp_path / "last_checkpoint").read_text() == "m.pth"
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "m.pth"]
+
+
+def test_stale_temp_files_are_removed_on_resume_by_the_saving_process(tmp_path: Path) -> None:
+    stale = [".model_0000009.pth.k2j3_x9a.tmp", ".last_checkpoint.abc123.tmp"]
+    others = [".notes.txt.abc.tmp", "model.tmp", ".model_0000004.pth"]
+    for name in stale + others:
+        (tmp_path / name).write_bytes(b"x")
+    _, reader = make_trainer(tmp_path, 0)
+    reader.save_to_disk = False  # a non-main process leaves them alone
+    reader.resume_or_load("", resume=True)
+    assert files(tmp_path) == sorted(stale + others)
+    _, ckpt = make_trainer(tmp_path, 0)
+    assert remove_stale_temp_files(tmp_path, lambda name: False) == []
+    ckpt.resume_or_load("", resume=True)
+    assert files(tmp_path) == sorted(others)
 
 
 CHILD = """
@@ -101,6 +116,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one(tm
     resumed, ckpt = make_trainer(out, 5)
     assert ckpt.resume_or_load("", resume=True) == {"iteration": 4}
     assert resumed.iter == 4
+    assert files(out) == ["last_checkpoint", "model_0000004.pth", "writing"]  # the temp file is cleaned up
     resumed.train(resumed.iter + 1, 15)
 
     reference, _ = make_trainer(tmp_path / "reference", 0)

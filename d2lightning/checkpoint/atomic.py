@@ -4,20 +4,24 @@ Every file is written to a hidden temporary file in the destination directory, f
 renamed over the destination with ``os.replace`` (atomic on POSIX and Windows), and the directory is fsynced
 so the rename itself survives a power loss. A process killed at any moment therefore leaves either the old
 file or the complete new one, never a truncated file under the final name. A killed writer can leave its
-temporary file (``.<name>.<random>.tmp``) behind; nothing reads those.
+temporary file (``.<name>.<random>.tmp``) behind; nothing reads those, and :func:`remove_stale_temp_files`
+deletes them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_text", "remove_stale_temp_files"]
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
@@ -56,6 +60,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path``, atomically (see :func:`atomic_write`)."""
     data = text.encode("utf-8")
     atomic_write(path, lambda f: f.write(data))
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str], accept: Callable[[str], bool]) -> list[str]:
+    """Delete the temporary files killed writers left in ``directory``; return their paths.
+
+    Only call it while nothing writes there (e.g. before training resumes).
+
+    Args:
+        directory: the directory to clean.
+        accept: called with the destination name of each temporary file (``model_0000009.pth``); only those
+            it accepts are deleted.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        match = _TEMP.match(entry)
+        if match is None or not accept(match.group("name")):
+            continue
+        path = os.path.join(directory, entry)
+        with contextlib.suppress(FileNotFoundError):  # another process cleaning up too
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def _fsync_dir(directory: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text
+from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove_stale_temp_files
 from d2lightning.checkpoint.lightning_state import add_lightning_state, pop_lightning_state
 from d2lightning.checkpoint.model_loading import IncompatibleKeys, load_model_state, log_incompatible_keys
 
@@ -188,11 +188,15 @@ class Checkpointer:
 
         Resuming loads everything (model and every checkpointable). When the file ``last_checkpoint`` names is
         missing or unreadable, the other checkpoints of ``save_dir`` are tried newest first (by modification
-        time) and the first readable one is used, with a warning naming it.
+        time) and the first readable one is used, with a warning naming it. With ``resume``, a process that
+        saves (``save_to_disk``) first deletes the temporary files of saves that were killed.
 
         Raises:
             CorruptCheckpointError: when no checkpoint of ``save_dir`` can be read.
         """
+        if resume and self.save_dir and self.save_to_disk:
+            for stale in remove_stale_temp_files(self.save_dir, _is_ours):
+                self.logger.info(f"Removed {stale}, left by an interrupted save")
         if resume and self.has_checkpoint():
             return self._resume()
         return self.load(path, checkpointables=[])
@@ -275,3 +279,14 @@ class Checkpointer:
 
     def _log_incompatible_keys(self, incompatible: IncompatibleKeys) -> None:
         log_incompatible_keys(self.logger, self.model, incompatible)
+
+
+def _is_ours(name: str) -> bool:
+    return name == _LAST or name.endswith(".pth")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # deleted meanwhile: try it last
+        return float("-inf")
