@@ -66,7 +66,9 @@ class Checkpointer:
 
     weights_only: bool = True
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any):
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any
+    ) -> None:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
         if not isinstance(model, nn.Module):

@@ -9,9 +9,11 @@ ignore unknown keys; ours also drop the marked ones) and a ``Trainer.fit(ckpt_pa
 by both halves (weights, optimizer state) are stored once by ``torch.save``.
 
 The state is gathered on the saving process only, without any collective, which is correct wherever each
-process holds the full state (single device, DDP). Under strategies that shard or gather state collectively
-(FSDP, DeepSpeed, XLA, a ``ZeroRedundancyOptimizer``) gathering on one rank would hang, so the Lightning half is
-left out there with a warning; use Lightning's ``ModelCheckpoint`` for those.
+process holds the full state (single device, DDP) — detectron2 saves on the main process only, and so do we.
+Under strategies that shard or gather state collectively (FSDP, DeepSpeed, XLA, a ``ZeroRedundancyOptimizer``)
+gathering on one rank would hang, so the Lightning half is left out there with a warning; use Lightning's
+``ModelCheckpoint`` for those. (A user callback whose ``state_dict``/``on_save_checkpoint`` runs a collective
+would hang here too.)
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import os
 from typing import Any
 
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
@@ -67,7 +68,7 @@ class BestCheckpointer(HookBase):
             raise ValueError(f"BestCheckpointer val_metric must be a non-empty metric name, got {val_metric!r}")
         if mode not in ("max", "min"):
             raise ValueError(f'Mode "{mode}" to `BestCheckpointer` is unknown. It should be one of {{"max", "min"}}.')
-        if not isinstance(file_prefix, str) or not file_prefix or "/" in file_prefix:
+        if not isinstance(file_prefix, str) or not file_prefix or os.path.basename(file_prefix) != file_prefix:
             raise ValueError(f"BestCheckpointer file_prefix must be a non-empty file name, got {file_prefix!r}")
         self._checkpointer = checkpointer
         self._val_metric = val_metric
