@@ -1,4 +1,4 @@
-"""Helpers shared by the checkpoint tests: a position-seeded loader, a two-mode fit, detectron2's solver cfg."""
+"""Helpers shared by the checkpoint tests: a position-seeded loader and a fit in either run mode."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from d2lightning.engine import D2LightningModule, SimpleTrainer
 from d2lightning.engine.adapter import as_callback
@@ -45,22 +44,3 @@ def fit(
 
 def files(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
-
-
-def solver_cfg(**solver: Any) -> Any:
-    """detectron2's default SOLVER scheduler keys (yacs defaults), updated with ``solver``."""
-    defaults = {
-        "LR_SCHEDULER_NAME": "WarmupMultiStepLR",
-        "MAX_ITER": 40000,
-        "BASE_LR": 0.001,
-        "BASE_LR_END": 0.0,
-        "STEPS": [30000],
-        "GAMMA": 0.1,
-        "NUM_DECAYS": 3,
-        "WARMUP_FACTOR": 1.0 / 1000,
-        "WARMUP_ITERS": 1000,
-        "WARMUP_METHOD": "linear",
-        "RESCALE_INTERVAL": False,
-    }
-    defaults.update(solver)
-    return OmegaConf.create({"SOLVER": defaults})

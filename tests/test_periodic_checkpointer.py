@@ -16,8 +16,9 @@ from d2lightning.checkpoint.lightning_state import MARKER_KEY
 from d2lightning.engine import hooks
 from d2lightning.solver import build_lr_scheduler
 from d2lightning.utils.events import JSONWriter
-from tests.checkpoint_helpers import MODES, files, fit, new_trainer, solver_cfg
+from tests.checkpoint_helpers import MODES, files, fit, new_trainer
 from tests.helpers import SimpleModel
+from tests.test_lr_scheduler import solver_cfg
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -45,16 +45,7 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
         trainer.register_hooks([hooks.LRScheduler(), hooks.PeriodicCheckpointer(checkpointer, 5000)])
     """
 
-    def __init__(
-        self,
-        checkpointer: Any,
-        period: int,
-        max_iter: int | None = None,
-        max_to_keep: int | None = None,
-        file_prefix: str = "model",
-    ) -> None:
-        super().__init__(checkpointer, period, max_iter, max_to_keep, file_prefix)
-        self._final_saved = False
+    _final_saved = False
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
