@@ -97,6 +97,22 @@ class D2LightningModule(pl.LightningModule):
         self.d2_trainer.run_step()
         self._run.advance()  # type: ignore[union-attr]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainer's own state (e.g. ``AMPTrainer``'s grad scaler) in Lightning checkpoints.
+
+        Stored under ``"d2_trainer"``: ``d2_trainer.state_dict()`` without ``"hooks"`` (Lightning saves the
+        hooks itself, as callbacks).
+        """
+        state = self.d2_trainer.state_dict()
+        state.pop("hooks", None)
+        checkpoint["d2_trainer"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give ``checkpoint["d2_trainer"]``, if any, to ``d2_trainer.load_state_dict``."""
+        state = checkpoint.get("d2_trainer")
+        if state is not None:
+            self.d2_trainer.load_state_dict(state)
+
 
 class _Ticks:
     """An endless iterable of zeros: one per Lightning batch."""
