@@ -299,7 +299,27 @@ def test_failing_worker_raises_in_parent_and_stops_the_others(tmp_path: Path, pe
     assert not (tmp_path / "rank0-finished").exists()
 
 
-def test_lightning_ddp_joins_the_launched_group(tmp_path: Path) -> None:
+ONE_SRUN_TASK = {
+    "SLURM_NTASKS": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NNODES": "1",
+    "SLURM_TASKS_PER_NODE": "1",
+    "SLURM_NODELIST": "localhost",
+    "SLURM_JOB_ID": "5",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_STEP_ID": "0",
+}
+
+
+@pytest.mark.parametrize("enclosing", [{}, ONE_SRUN_TASK], ids=["plain", "inside-one-srun-task"])
+def test_lightning_ddp_joins_the_launched_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enclosing: dict[str, str]
+) -> None:
+    """Inside one srun task Lightning would read SLURM's ranks (world 1); the plugin keeps it on launch's."""
+    for key, value in enclosing.items():
+        monkeypatch.setenv(key, value)
     launch(lightning_worker, 2, dist_url="auto", args=(str(tmp_path),))
     results = read_results(tmp_path, 2)
     assert [(r["global_rank"], r["local_rank"], r["world_size"]) for r in results] == [(0, 0, 2), (1, 1, 2)]
@@ -481,3 +501,19 @@ def test_launch_joins_real_srun_tasks(tmp_path: Path) -> None:
             "world_size": 2,
             "node_rank": 0,
         }
+
+
+def test_first_failure_is_the_earliest_record(tmp_path: Path) -> None:
+    import pickle
+
+    from d2lightning.engine._workers import _first_failure
+
+    assert _first_failure(str(tmp_path)) is None
+    for index, when in ((0, 12.5), (1, 11.0), (2, 13.0)):
+        (tmp_path / f"{index}.pkl").write_bytes(
+            pickle.dumps({"time": when, "index": index, "pid": 1, "tb": ""})
+        )
+    (tmp_path / ".3.tmp").write_bytes(b"half-written")
+    first = _first_failure(str(tmp_path))
+    assert first is not None
+    assert first["index"] == 1
