@@ -8,13 +8,30 @@ distributed tests share to pass results from worker processes back to the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK")
+LAUNCHER_VARS = (*ENV_KEYS, "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+
+
+@contextlib.contextmanager
+def without_launcher_variables() -> Iterator[None]:
+    """Hide every launcher variable (SLURM_*, torchrun's, MASTER_*...) from ``os.environ`` for a while.
+
+    So that a test behaves as under a plain ``python``, even when pytest runs inside srun or after a test
+    that leaked Lightning's variables.
+    """
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k in LAUNCHER_VARS or k.startswith("SLURM_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def write_result(out_dir: str | Path, rank: int, payload: dict[str, Any]) -> None:

@@ -22,20 +22,22 @@ _USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
 
 
 def unavailable_reason(timeout: float = 10.0) -> str | None:
-    """Why no Slurm job can run here, or None when ``sinfo`` reports a usable node."""
-    if shutil.which("sinfo") is None:
-        return "Slurm is not installed (no `sinfo` on PATH); start a local one: `bash scripts/slurm/up.sh`"
+    """Why no Slurm job can run here, or None when the controller is up and has a usable node."""
+    hint = "start the local cluster with `bash scripts/slurm/up.sh` (root)"
+    if shutil.which("sinfo") is None or shutil.which("scontrol") is None:
+        return f"Slurm is not installed (no `sinfo`/`scontrol` on PATH); {hint}"
     try:
+        # `scontrol ping` answers at once; `sinfo` retries for ~10 s when the controller is down.
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout)
+        if "is UP" not in ping.stdout:
+            first_line = (ping.stdout.strip().splitlines() or [ping.stderr.strip()])[0]
+            return f"the Slurm controller is down ({first_line}); {hint}"
         proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return (
-            f"`sinfo` did not answer within {timeout} s; is slurmctld running? (`bash scripts/slurm/up.sh`)"
-        )
-    if proc.returncode != 0:
-        return f"no Slurm controller answers (`sinfo`: {proc.stderr.strip()}); run `bash scripts/slurm/up.sh`"
+        return f"`scontrol ping`/`sinfo` did not answer within {timeout} s; {hint}"
     states = set(proc.stdout.split())
-    if not states & _USABLE_STATES:
-        return f"no usable Slurm node (states {sorted(states)}); run `bash scripts/slurm/up.sh`"
+    if proc.returncode != 0 or not states & _USABLE_STATES:
+        return f"no usable Slurm node (sinfo: {proc.stdout.strip() or proc.stderr.strip()}); {hint}"
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch.distributed as dist
 
 from d2lightning.engine.launch import ensure_local_process_group, launch
 from d2lightning.utils import comm
-from tests.launch_job import read_results, write_result
+from tests.launch_job import read_results, without_launcher_variables, write_result
 
 # np.random.RandomState(0).randint(2**31): what rank 0 draws after np.random.seed(0).
 SEED_OF_RANK_0 = 209652396
@@ -115,13 +114,8 @@ def comm_worker(out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("comm")
-    saved = {
-        k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_") or k == "TORCHELASTIC_RUN_ID"
-    }
-    try:
+    with without_launcher_variables():
         launch(comm_worker, 2, dist_url="auto", args=(str(out),))
-    finally:
-        os.environ.update(saved)
     return read_results(out, 2)
 
 

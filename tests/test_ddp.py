@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.launch import launch
 from d2lightning.utils import comm
-from tests.launch_job import read_results, write_result
+from tests.launch_job import read_results, without_launcher_variables, write_result
 
 # Rank 0 feeds 0.1 and rank 1 feeds 0.2 to y = w * x: the averaged gradient in float32, and after
 # fp16_compress_hook (each rank's 0.1 / 0.2 cast to float16, divided by 2, summed in float16).
@@ -52,13 +51,8 @@ def ddp_worker(out_dir: str) -> None:
 
 
 def test_two_processes_wrap_in_ddp(tmp_path: Path) -> None:
-    saved = {
-        k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_") or k == "TORCHELASTIC_RUN_ID"
-    }
-    try:
+    with without_launcher_variables():
         launch(ddp_worker, 2, dist_url="auto", args=(str(tmp_path),))
-    finally:
-        os.environ.update(saved)
     for result in read_results(tmp_path, 2):
         assert result["fp32"] == {
             "weight": 1.0,

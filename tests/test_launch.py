@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,16 @@ import torch.multiprocessing as mp
 
 from d2lightning.engine.launch import DEFAULT_TIMEOUT, ensure_local_process_group, launch
 from d2lightning.utils import comm
-from tests.launch_job import ENV_KEYS, read_results, write_result
+from tests.launch_job import ENV_KEYS, LAUNCHER_VARS, read_results, without_launcher_variables, write_result
 from tests.slurm_cluster import REPO, require_slurm
 
 JOB = REPO / "tests" / "launch_job.py"
-LAUNCHER_VARS = (*ENV_KEYS, "TORCHELASTIC_RUN_ID", "GROUP_RANK")
 
 
 @pytest.fixture(autouse=True)
-def _no_launcher_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every test as a plain `python` process would, even under srun or after a leaky test."""
-    for key in list(os.environ):
-        if key in LAUNCHER_VARS or key.startswith("SLURM_"):
-            monkeypatch.delenv(key)
+def _no_launcher_variables() -> Iterator[None]:
+    with without_launcher_variables():
+        yield
 
 
 def _free_port(low: int = 20000, high: int = 30000) -> int:
@@ -284,6 +282,7 @@ def test_two_cpu_workers_on_gloo(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("peer", ["barrier", "sleep"])
 def test_failing_worker_raises_in_parent_and_stops_the_others(tmp_path: Path, peer: str) -> None:
+    children_before = _child_pids()
     with pytest.raises(mp.ProcessRaisedException) as info:
         launch(failing_worker, 2, args=(str(tmp_path), peer), timeout=timedelta(seconds=120))
     message = str(info.value)
@@ -295,7 +294,7 @@ def test_failing_worker_raises_in_parent_and_stops_the_others(tmp_path: Path, pe
     pids = [r["pid"] for r in read_results(tmp_path, 2)]
     assert [pid for pid in pids if _alive(pid)] == []
     assert multiprocessing.active_children() == []
-    assert _child_pids() == set()
+    assert _child_pids() - children_before == set()
     assert not (tmp_path / "rank0-finished").exists()
 
 
