@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from d2lightning._compat import check_detectron2_hooks, unshare_storage
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class LightningRun:
                 f"detectron2 hooks count iterations: create the Lightning Trainer with max_steps=N "
                 f"(got max_steps={max_steps})"
             )
+        check_detectron2_hooks(self.owner, self.owner._hooks)
         self.started = True
         gs = self.pl_trainer.global_step
         owner = self.owner
@@ -163,6 +165,7 @@ class LightningRun:
                 self.storage.__exit__(None, None, None)
             else:  # something else left a storage open on top of ours; remove ours only
                 _CURRENT_STORAGE_STACK.remove(self.storage)
+                unshare_storage(self.storage)
 
     def call_after_train(self, callback: _D2Callback) -> None:
         """Run ``callback.after_train()`` once per run, even if both ``on_train_end`` and ``on_exception`` fire."""

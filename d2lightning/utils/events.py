@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from d2lightning import _compat
 from d2lightning.utils.history_buffer import HistoryBuffer
 
 __all__ = [
@@ -55,7 +56,8 @@ def has_event_storage() -> bool:
 class EventStorage:
     """Scalars, images and histograms of a training run, stamped with the iteration they belong to.
 
-    detectron2 ``EventStorage``. Use it as a context manager; while open, :func:`get_event_storage` returns it.
+    detectron2 ``EventStorage``. Use it as a context manager; while open, :func:`get_event_storage` returns it,
+    and so does detectron2's own ``get_event_storage`` when detectron2 is loaded (see :mod:`d2lightning._compat`).
 
     Args:
         start_iter: the iteration the storage starts at.
@@ -202,12 +204,14 @@ class EventStorage:
     # ---------------------------------------------------------------- context
     def __enter__(self) -> EventStorage:
         _CURRENT_STORAGE_STACK.append(self)
+        _compat.share_storage(self)  # detectron2's get_event_storage() returns it too, if detectron2 is loaded
         return self
 
     def __exit__(self, *exc: object) -> None:
         if not _CURRENT_STORAGE_STACK or _CURRENT_STORAGE_STACK[-1] is not self:
             raise RuntimeError("EventStorage exited out of order: it is not the innermost open storage")
         _CURRENT_STORAGE_STACK.pop()
+        _compat.unshare_storage(self)
 
     @contextmanager
     def name_scope(self, name: str) -> Iterator[None]:
