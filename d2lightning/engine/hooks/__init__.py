@@ -4,6 +4,14 @@ from d2lightning.engine.hooks.callback_hook import CallbackHook
 from d2lightning.engine.hooks.iteration_timer import IterationTimer
 from d2lightning.engine.hooks.lr_scheduler import LRScheduler
 from d2lightning.engine.hooks.periodic_writer import PeriodicWriter
+from d2lightning.engine.hooks.precise_bn import PreciseBN
 from d2lightning.engine.train_loop import HookBase
 
-__all__ = ["CallbackHook", "HookBase", "IterationTimer", "LRScheduler", "PeriodicWriter"]
+__all__ = [
+    "CallbackHook",
+    "HookBase",
+    "IterationTimer",
+    "LRScheduler",
+    "PeriodicWriter",
+    "PreciseBN",
+]
