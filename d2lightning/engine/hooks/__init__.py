@@ -1,6 +1,7 @@
 """detectron2's ``engine.hooks``: every hook is a ``HookBase`` and therefore a Lightning ``Callback``."""
 
 from d2lightning.engine.hooks.callback_hook import CallbackHook
+from d2lightning.engine.hooks.eval_hook import EvalHook
 from d2lightning.engine.hooks.iteration_timer import IterationTimer
 from d2lightning.engine.hooks.lr_scheduler import LRScheduler
 from d2lightning.engine.hooks.periodic_writer import PeriodicWriter
@@ -9,6 +10,7 @@ from d2lightning.engine.train_loop import HookBase
 
 __all__ = [
     "CallbackHook",
+    "EvalHook",
     "HookBase",
     "IterationTimer",
     "LRScheduler",
