@@ -6,9 +6,12 @@ from d2lightning.engine.hooks.iteration_timer import IterationTimer
 from d2lightning.engine.hooks.lr_scheduler import LRScheduler
 from d2lightning.engine.hooks.periodic_writer import PeriodicWriter
 from d2lightning.engine.hooks.precise_bn import PreciseBN
+from d2lightning.engine.hooks.profiler import AutogradProfiler, TorchProfiler
+from d2lightning.engine.hooks.torch_memory_stats import TorchMemoryStats
 from d2lightning.engine.train_loop import HookBase
 
 __all__ = [
+    "AutogradProfiler",
     "CallbackHook",
     "EvalHook",
     "HookBase",
@@ -16,4 +19,6 @@ __all__ = [
     "LRScheduler",
     "PeriodicWriter",
     "PreciseBN",
+    "TorchMemoryStats",
+    "TorchProfiler",
 ]
