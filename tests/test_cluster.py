@@ -65,9 +65,7 @@ def test_first_slurm_host_rejects(nodelist: str, message: str) -> None:
         first_slurm_host(nodelist)
 
 
-@pytest.mark.parametrize(
-    ("job_id", "port"), [("123456", 18456), ("7", 15007), ("4242", 19242), (None, 12910)]
-)
+@pytest.mark.parametrize(("job_id", "port"), [("123456", 18456), ("7", 15007), ("4242", 19242), (None, 12910)])
 def test_slurm_default_port(job_id: str | None, port: int) -> None:
     assert slurm_default_port(job_id) == port
 

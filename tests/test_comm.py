@@ -46,9 +46,7 @@ def test_single_process_local_group() -> None:
     comm.create_local_process_group(1)  # nothing to create without a process group
     with pytest.raises(RuntimeError, match="Local process group is not yet created"):
         comm.get_local_process_group()
-    with pytest.raises(
-        ValueError, match="num_workers_per_machine=2 must be >= 1 and divide the world size 1"
-    ):
+    with pytest.raises(ValueError, match="num_workers_per_machine=2 must be >= 1 and divide the world size 1"):
         comm.create_local_process_group(2)
     with pytest.raises(ValueError, match="num_workers_per_machine=0"):
         comm.create_local_process_group(0)
@@ -83,9 +81,7 @@ def comm_worker(out_dir: str) -> None:
     }
     values = {"b": torch.tensor(float(rank + 1)), "a": torch.tensor(2.0 * (rank + 1))}
     averaged = comm.reduce_dict(values)
-    summed = comm.reduce_dict(
-        {"b": torch.tensor(float(rank + 1)), "a": torch.tensor(2.0 * (rank + 1))}, False
-    )
+    summed = comm.reduce_dict({"b": torch.tensor(float(rank + 1)), "a": torch.tensor(2.0 * (rank + 1))}, False)
     result["reduce_keys"] = list(averaged)
     if rank == 0:
         result["averaged"] = {k: v.item() for k, v in averaged.items()}
@@ -153,9 +149,7 @@ def test_reduce_dict_to_rank_0_sorted_keys(two_ranks: list[dict[str, Any]]) -> N
 
 def test_local_group_is_created_once(two_ranks: list[dict[str, Any]]) -> None:
     for r in two_ranks:
-        assert r["resize_error"].startswith(
-            "num_workers_per_machine=1 differs from the existing local process"
-        )
+        assert r["resize_error"].startswith("num_workers_per_machine=1 differs from the existing local process")
 
 
 def test_local_group_follows_the_default_group(two_ranks: list[dict[str, Any]]) -> None:

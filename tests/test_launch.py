@@ -509,9 +509,7 @@ def test_first_failure_is_the_earliest_record(tmp_path: Path) -> None:
 
     assert _first_failure(str(tmp_path)) is None
     for index, when in ((0, 12.5), (1, 11.0), (2, 13.0)):
-        (tmp_path / f"{index}.pkl").write_bytes(
-            pickle.dumps({"time": when, "index": index, "pid": 1, "tb": ""})
-        )
+        (tmp_path / f"{index}.pkl").write_bytes(pickle.dumps({"time": when, "index": index, "pid": 1, "tb": ""}))
     (tmp_path / ".3.tmp").write_bytes(b"half-written")
     first = _first_failure(str(tmp_path))
     assert first is not None

@@ -12,9 +12,7 @@ from d2lightning.utils import comm
 __all__ = ["create_ddp_model"]
 
 
-def create_ddp_model(
-    model: torch.nn.Module, *, fp16_compression: bool = False, **ddp_kwargs: Any
-) -> torch.nn.Module:
+def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **ddp_kwargs: Any) -> torch.nn.Module:
     """Wrap ``model`` in ``DistributedDataParallel`` if there is more than one process (detectron2's).
 
     At world size 1 the model is returned unchanged. Otherwise it becomes

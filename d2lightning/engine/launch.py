@@ -156,8 +156,7 @@ def _check_arguments(
         raise TypeError(f"args must be a tuple or list of arguments for main_func, got {args!r}")
     if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():  # type: ignore[operator]
         raise ValueError(
-            f"num_gpus_per_machine={num_gpus_per_machine} exceeds the {torch.cuda.device_count()} CUDA "
-            "devices present"
+            f"num_gpus_per_machine={num_gpus_per_machine} exceeds the {torch.cuda.device_count()} CUDA devices present"
         )
 
 

@@ -97,8 +97,7 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
     world = get_world_size()
     if num_workers_per_machine < 1 or world % num_workers_per_machine != 0:
         raise ValueError(
-            f"num_workers_per_machine={num_workers_per_machine} must be >= 1 and divide the world size "
-            f"{world}"
+            f"num_workers_per_machine={num_workers_per_machine} must be >= 1 and divide the world size {world}"
         )
     if _valid_local_group() is not None:
         if num_workers_per_machine != _LOCAL_SIZE:
