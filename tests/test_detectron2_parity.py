@@ -56,25 +56,9 @@ SEQUENCE_CASES = {
     "hook fails in the last after_step": (0, 5, None, ("after_step", 4)),
     "start_iter == max_iter": (4, 4, None, None),
     "start_iter > max_iter": (5, 3, None, None),
-}
-
-# Known differences of the d2lightning core (engine/module.py, engine/adapter.py), kept visible: strict, so
-# they turn into failures once fixed and the mark must go.
-KNOWN_DIFFERENCES = {
-    "hook fails in after_train": (
-        (0, 3, None, ("after_train", 3)),
-        "detectron2 stops at the failing after_train (B.after_train is not called); d2lightning still calls "
-        "B.after_train, from Lightning's on_exception",
-    ),
-    "start_iter == max_iter, hook fails in before_train": (
-        (2, 2, None, ("before_train", 2)),
-        "detectron2 then calls every after_train (at iter 2); d2lightning's empty-loop path calls none",
-    ),
-    "start_iter == max_iter == 0": (
-        (0, 0, None, None),
-        "d2lightning raises ValueError 'create the Trainer with max_steps=N (got max_steps=0)'; detectron2 calls "
-        "before_train at iter 0 and after_train at iter 1",
-    ),
+    "hook fails in after_train": (0, 3, None, ("after_train", 3)),
+    "start_iter == max_iter, hook fails in before_train": (2, 2, None, ("before_train", 2)),
+    "start_iter == max_iter == 0": (0, 0, None, None),
 }
 
 
@@ -90,13 +74,10 @@ def _sequence(runner: Runner, start: int, stop: int, model_fails: int | None, ho
 
 @pytest.mark.parametrize(
     "case",
-    [*SEQUENCE_CASES]
-    + [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=v[1])) for k, v in KNOWN_DIFFERENCES.items()],
+    list(SEQUENCE_CASES),
 )
 def test_hook_call_sequences_match(case: str) -> None:
-    start, stop, model_fails, hook_fails = (
-        SEQUENCE_CASES[case] if case in SEQUENCE_CASES else KNOWN_DIFFERENCES[case][0]
-    )
+    start, stop, model_fails, hook_fails = SEQUENCE_CASES[case]
     runners = _runners(start)
     expected = _sequence(runners.pop("detectron2"), start, stop, model_fails, hook_fails)
     assert expected[0], "detectron2 made no hook call"

@@ -623,3 +623,31 @@ def test_trainer_base_without_lightning_calls_hooks_directly() -> None:
     trainer.before_train()
     trainer.after_backward()
     assert calls == [("A", "before_train", 3), ("A", "after_backward", 3)]
+
+
+def test_failing_after_train_stops_the_later_hooks_as_detectron2() -> None:
+    calls: list = []
+    with pytest.raises(RuntimeError, match="hook failed"):
+        run("simple", [Recorder("A", calls, fail_in=("after_train", 2)), Recorder("B", calls)], 0, 2)
+    # detectron2's after_train loop stops at the failing hook: B.after_train is never called
+    assert calls[-2:] == [("B", "after_step", 1), ("A", "after_train", 2)]
+    assert not has_event_storage()
+
+
+def test_empty_run_with_failing_before_train_still_calls_every_after_train() -> None:
+    calls: list = []
+    with pytest.raises(RuntimeError, match="hook failed"):
+        run("simple", [Recorder("A", calls), Recorder("B", calls, fail_in=("before_train", 2))], 2, 2)
+    # detectron2: the exception leaves iter at start_iter; after_train runs in its `finally` for every hook
+    assert calls == [
+        ("A", "before_train", 2), ("B", "before_train", 2),
+        ("A", "after_train", 2), ("B", "after_train", 2),
+    ]  # fmt: skip
+    assert not has_event_storage()
+
+
+def test_train_zero_to_zero_calls_before_and_after_train() -> None:
+    calls: list = []
+    trainer = run("simple", [Recorder("A", calls)], 0, 0)
+    assert calls == [("A", "before_train", 0), ("A", "after_train", 1)]
+    assert trainer.iter == 1

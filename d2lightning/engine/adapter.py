@@ -72,6 +72,7 @@ class LightningRun:
         self.closed = False
         self.storage: EventStorage | None = None
         self._after_train_called: set[int] = set()
+        self._after_train_failed = False
         self._last_logged = -1
         self._closer: _D2Callback | None = None
         self._bind_hooks()
@@ -96,7 +97,7 @@ class LightningRun:
         if self.started:
             return
         max_steps = self.pl_trainer.max_steps
-        if max_steps is None or max_steps <= 0:
+        if max_steps is None or max_steps < 0:
             raise ValueError(
                 f"detectron2 hooks count iterations: create the Lightning Trainer with max_steps=N "
                 f"(got max_steps={max_steps})"
@@ -168,12 +169,19 @@ class LightningRun:
                 unshare_storage(self.storage)
 
     def call_after_train(self, callback: _D2Callback) -> None:
-        """Run ``callback.after_train()`` once per run, even if both ``on_train_end`` and ``on_exception`` fire."""
+        """Run ``callback.after_train()`` once per run, even if both ``on_train_end`` and ``on_exception`` fire.
+
+        As in detectron2, once one hook's ``after_train`` has raised, the hooks after it get none.
+        """
         key = id(callback)
-        if key in self._after_train_called:
+        if key in self._after_train_called or self._after_train_failed:
             return
         self._after_train_called.add(key)
-        callback.after_train()
+        try:
+            callback.after_train()
+        except BaseException:
+            self._after_train_failed = True
+            raise
 
     # ------------------------------------------------------------ the step
     def backward(self, loss: torch.Tensor) -> None:
@@ -336,9 +344,11 @@ class _D2Callback(Callback):
             run.end(exception)
             try:
                 run.call_after_train(self)
-            finally:
-                if run._closer is self:
-                    run.close()
+            except BaseException:
+                run.close()  # the callbacks after this one get no on_exception from Lightning
+                raise
+            if run._closer is self:
+                run.close()
 
 
 class HookCallback(_D2Callback):

@@ -86,7 +86,7 @@ class D2LightningModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             max_steps = self.trainer.max_steps
-            if max_steps is None or max_steps <= 0:
+            if max_steps is None or max_steps < 0:
                 raise ValueError(
                     "D2LightningModule trains by iterations, as detectron2: create the Trainer with max_steps=N "
                     f"(got max_steps={max_steps})"
@@ -184,13 +184,18 @@ class _RunCallback(Callback):
         hooks = [cb for cb in trainer.callbacks if isinstance(cb, _D2Callback)]  # type: ignore[attr-defined]
         run.begin()
         try:
-            for cb in hooks:
-                cb.before_train()
-            run.owner.before_train()
-            run.end_empty()
-            for cb in hooks:
-                run.call_after_train(cb)
-            run.owner.after_train()
+            failed = True
+            try:
+                for cb in hooks:
+                    cb.before_train()
+                run.owner.before_train()
+                failed = False
+            finally:
+                if not failed:  # detectron2's `iter += 1` after the (empty) loop; a failed start stays put
+                    run.end_empty()
+                for cb in hooks:
+                    run.call_after_train(cb)
+                run.owner.after_train()
         finally:
             run.close()
 
