@@ -1,0 +1,313 @@
+"""detectron2's ``DefaultTrainer``: a config-driven trainer with the standard hooks, on Lightning.
+
+Same construction order, hooks (in ``build_hooks`` order), checkpoint layout, ``resume_or_load`` and
+overridable class-method factories as detectron2. The config's ``LIGHTNING`` section adds what only Lightning has
+(precision, loggers, callbacks, strategy...).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from d2lightning.checkpoint import DetectionCheckpointer
+from d2lightning.engine import hooks
+from d2lightning.engine.ddp import create_ddp_model
+from d2lightning.engine.defaults import default_writers
+from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
+from d2lightning.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from d2lightning.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format, verify_results
+from d2lightning.layers.batch_norm import get_bn_modules
+from d2lightning.utils import comm
+from d2lightning.utils.events import EventWriter
+from d2lightning.utils.logger import setup_logger
+
+__all__ = ["DefaultTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class DefaultTrainer(TrainerBase):
+    """A trainer with detectron2's default training logic, built from a config.
+
+    Construction: build the model, optimizer and train loader (``build_*`` class methods), wrap the model with
+    ``create_ddp_model(broadcast_buffers=False)``, create a ``SimpleTrainer`` (``AMPTrainer`` with
+    ``SOLVER.AMP.ENABLED``), the LR scheduler and a ``DetectionCheckpointer`` on ``OUTPUT_DIR``, then register
+    ``build_hooks()``. Call :meth:`resume_or_load` then :meth:`train`.
+
+    Args:
+        cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names).
+
+    Attributes:
+        cfg, model, optimizer, data_loader, scheduler, checkpointer, start_iter, max_iter: as detectron2's.
+
+    Example::
+
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        if not logging.getLogger("d2lightning").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        if cfg.SOLVER.AMP.ENABLED:
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            # float16 autocast on CPU is slow and unsupported for many ops: bfloat16 there
+            self._trainer: SimpleTrainer = AMPTrainer(
+                model, data_loader, optimizer, precision=torch.bfloat16 if on_cpu else torch.float16
+            )
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.lightning_kwargs = lightning_kwargs_from_cfg(cfg)
+        self.register_hooks(self.build_hooks())
+        self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from ``OUTPUT_DIR``'s last checkpoint if ``resume`` and one exists, else load ``MODEL.WEIGHTS``.
+
+        Resuming restores the model, optimizer, scheduler, hook states and iteration, and training continues at
+        the iteration after the saved one; ``MODEL.WEIGHTS`` is then ignored. Otherwise only the weights are
+        loaded and training starts at 0.
+        """
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1  # the checkpoint stores the iteration that just finished
+        elif resume:
+            logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts from iteration 0")
+
+    def build_hooks(self) -> list[Any]:
+        """detectron2's default hooks, in this order: IterationTimer, LRScheduler, PreciseBN (if enabled and the
+        model has BN in training mode), PeriodicCheckpointer (main process), EvalHook (every rank),
+        PeriodicWriter (main process). PreciseBN comes first so its statistics are saved; the checkpoint is
+        written before evaluation (which may fail); the writer runs last so it sees the evaluation results.
+        """
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # save some memory and time for PreciseBN
+        precise_bn = None
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            precise_bn = hooks.PreciseBN(
+                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER
+            )
+        ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
+        if comm.is_main_process():
+            max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep))
+
+        def test_and_save_results() -> Any:
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    def build_writers(self) -> list[EventWriter]:
+        """``default_writers(OUTPUT_DIR, max_iter)``: console printer, ``metrics.json``, TensorBoard."""
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+
+    def train(self) -> dict[str, Any] | None:  # type: ignore[override]
+        """Run training from ``start_iter`` to ``max_iter``.
+
+        Returns:
+            The last evaluation results (a dict), or None when no evaluation ran. With
+            ``TEST.EXPECTED_RESULTS`` they are verified on the main process first (detectron2).
+        """
+        super().train(self.start_iter, self.max_iter)
+        results = getattr(self, "_last_eval_results", None)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if results is None:
+                raise RuntimeError("No evaluation results obtained during training!")
+            verify_results(self.cfg, results)
+        return results
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        self._trainer.run_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
+    # ------------------------------------------------------------ factories (override in subclasses)
+    @classmethod
+    def build_model(cls, cfg: Any) -> torch.nn.Module:
+        """``d2lightning.modeling.build_model(cfg)``, logged."""
+        from d2lightning.modeling import build_model
+
+        model = build_model(cfg)
+        logger.info(f"Model:\n{model}")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """``d2lightning.solver.build_optimizer(cfg, model)``."""
+        from d2lightning.solver import build_optimizer
+
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> Any:
+        """``d2lightning.solver.build_lr_scheduler(cfg, optimizer)``."""
+        from d2lightning.solver import build_lr_scheduler
+
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any) -> Any:
+        """``d2lightning.data.build_detection_train_loader(cfg)``: infinite, sharded by rank."""
+        from d2lightning.data import build_detection_train_loader
+
+        return build_detection_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
+        """``d2lightning.data.build_detection_test_loader(cfg, dataset_name)``."""
+        from d2lightning.data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg: Any, dataset_name: str) -> DatasetEvaluator:
+        """Override to return the evaluator of ``dataset_name`` (detectron2 raises here too)."""
+        raise NotImplementedError(
+            "If you want DefaultTrainer to automatically run evaluation, please implement `build_evaluator()` in "
+            "subclasses (see train_net.py for example). Alternatively, you can call evaluation functions yourself "
+            "(see Colab balloon tutorial for example)."
+        )
+
+    @classmethod
+    def test(
+        cls, cfg: Any, model: torch.nn.Module, evaluators: DatasetEvaluator | Sequence[DatasetEvaluator] | None = None
+    ) -> dict[str, Any]:
+        """Evaluate ``model`` on every dataset of ``DATASETS.TEST`` (on every rank).
+
+        Args:
+            evaluators: one evaluator, or one per test dataset; None calls :meth:`build_evaluator`.
+
+        Returns:
+            ``{dataset_name: results}``, or the results alone when there is a single dataset.
+
+        Raises:
+            ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``.
+        """
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(cfg.DATASETS.TEST) != len(evaluators):
+            raise ValueError(
+                f"{len(cfg.DATASETS.TEST)} test datasets (DATASETS.TEST) but {len(evaluators)} evaluators given"
+            )
+        results: OrderedDict[str, Any] = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, dataset_name)
+                except NotImplementedError:
+                    logger.warning(
+                        "No evaluator found. Use `DefaultTrainer.test(evaluators=)`, "
+                        "or implement its `build_evaluator` method."
+                    )
+                    results[dataset_name] = {}
+                    continue
+            results_i = inference_on_dataset(model, data_loader, evaluator)
+            results[dataset_name] = results_i
+            if comm.is_main_process():
+                if not isinstance(results_i, Mapping):
+                    raise TypeError(
+                        f"Evaluator must return a dict on the main process. Got {results_i!r} instead "
+                        f"(dataset {dataset_name})."
+                    )
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(results_i)
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    @staticmethod
+    def auto_scale_workers(cfg: Any, num_workers: int) -> Any:
+        """Scale batch size, LR, iterations and periods from ``SOLVER.REFERENCE_WORLD_SIZE`` to ``num_workers``.
+
+        A no-op when ``REFERENCE_WORLD_SIZE`` is 0 or equals ``num_workers``; otherwise returns a scaled clone:
+        ``IMS_PER_BATCH`` and ``BASE_LR`` times ``s = num_workers / reference``; ``MAX_ITER``, ``WARMUP_ITERS``,
+        ``STEPS``, ``TEST.EVAL_PERIOD`` and ``CHECKPOINT_PERIOD`` divided by it (rounded).
+
+        Raises:
+            ValueError: when ``IMS_PER_BATCH`` is not divisible by ``REFERENCE_WORLD_SIZE``.
+        """
+        old_world_size = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        if old_world_size == 0 or old_world_size == num_workers:
+            return cfg
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        if cfg.SOLVER.IMS_PER_BATCH % old_world_size != 0:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} must be divisible by "
+                f"SOLVER.REFERENCE_WORLD_SIZE={old_world_size}"
+            )
+        scale = num_workers / old_world_size
+        cfg.SOLVER.IMS_PER_BATCH = bs = int(round(cfg.SOLVER.IMS_PER_BATCH * scale))
+        cfg.SOLVER.BASE_LR = lr = cfg.SOLVER.BASE_LR * scale
+        cfg.SOLVER.MAX_ITER = max_iter = int(round(cfg.SOLVER.MAX_ITER / scale))
+        cfg.SOLVER.WARMUP_ITERS = warmup_iter = int(round(cfg.SOLVER.WARMUP_ITERS / scale))
+        cfg.SOLVER.STEPS = tuple(int(round(s / scale)) for s in cfg.SOLVER.STEPS)
+        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+        cfg.SOLVER.CHECKPOINT_PERIOD = int(round(cfg.SOLVER.CHECKPOINT_PERIOD / scale))
+        cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
+        logger.info(
+            f"Auto-scaling the config to batch_size={bs}, learning_rate={lr}, max_iter={max_iter}, warmup={warmup_iter}."
+        )
+        if frozen:
+            cfg.freeze()
+        return cfg
+
+    # detectron2 exposes the inner trainer's attributes on DefaultTrainer (read and write)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._trainer.model = value
+
+    @property
+    def data_loader(self) -> Any:
+        return self._trainer.data_loader
+
+    @data_loader.setter
+    def data_loader(self, value: Any) -> None:
+        self._trainer.data_loader = value
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer) -> None:
+        self._trainer.optimizer = value
