@@ -94,7 +94,8 @@ class _ToIterableDataset(IterableDataset):
         indices: Iterator[int] = iter(self.sampler)
         info = get_worker_info()
         if info is not None and info.num_workers > 1:
-            chunks = iter(lambda: list(itertools.islice(indices, self.chunk_size)), [])
+            source = indices
+            chunks = iter(lambda: list(itertools.islice(source, self.chunk_size)), [])
             own = itertools.islice(chunks, info.id, None, info.num_workers)
             indices = itertools.chain.from_iterable(own)
         for idx in indices:
