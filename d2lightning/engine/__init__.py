@@ -1,1 +1,25 @@
-"""d2lightning."""
+"""detectron2's ``engine`` on PyTorch Lightning: ``from d2lightning.engine import SimpleTrainer, hooks``."""
+
+from d2lightning.engine import hooks
+from d2lightning.engine.adapter import HookCallback
+from d2lightning.engine.ddp import create_ddp_model
+from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
+from d2lightning.engine.launch import DEFAULT_TIMEOUT, launch
+from d2lightning.engine.module import D2LightningModule
+from d2lightning.engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AMPTrainer",
+    "D2LightningModule",
+    "HookBase",
+    "HookCallback",
+    "SimpleTrainer",
+    "TrainerBase",
+    "create_ddp_model",
+    "default_argument_parser",
+    "default_setup",
+    "default_writers",
+    "hooks",
+    "launch",
+]

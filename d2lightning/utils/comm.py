@@ -4,13 +4,14 @@ Every function works without an initialised process group (world size 1, rank 0)
 needs no special case. Functions documented as *collective* must be called on every rank.
 
 The per-machine ("local") process group that :func:`get_local_rank` and :func:`get_local_size` need is
-created by :func:`create_local_process_group`; ``d2lightning.engine.launch`` and the Lightning adapter call it
-for you once the default group exists.
+created by :func:`create_local_process_group`; ``d2lightning.engine.launch`` creates it for you, and
+``d2lightning.engine.launch.ensure_local_process_group`` creates it after Lightning initialised the default
+group itself. A local group belongs to the default group it was created under: once that default group is
+destroyed, the local group is forgotten and can be created again.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,12 @@ __all__ = [
     "synchronize",
 ]
 
+# The per-machine group, its size, and the default group it was created under.
 _LOCAL_PROCESS_GROUP: dist.ProcessGroup | None = None
+_LOCAL_SIZE: int = 0
+_LOCAL_OWNER: dist.ProcessGroup | None = None
+# (default group, gloo group over all ranks) for the object collectives.
+_GLOO_CACHE: tuple[dist.ProcessGroup, dist.ProcessGroup] | None = None
 _MISSING_LOCAL_PG = (
     "Local process group is not yet created! Please use d2lightning's `launch()` to start processes and "
     "initialize pytorch process group. If you need to start processes in other ways, please call "
@@ -43,6 +49,17 @@ _MISSING_LOCAL_PG = (
 
 def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def _default_group() -> dist.ProcessGroup | None:
+    return dist.group.WORLD if _is_dist() else None
+
+
+def _valid_local_group() -> dist.ProcessGroup | None:
+    """The local group if it belongs to the current default group, else forget it and return None."""
+    if _LOCAL_PROCESS_GROUP is not None and (_LOCAL_OWNER is None or _LOCAL_OWNER is not _default_group()):
+        _reset_local_process_group()
+    return _LOCAL_PROCESS_GROUP
 
 
 def get_world_size() -> int:
@@ -58,20 +75,37 @@ def get_rank() -> int:
 def create_local_process_group(num_workers_per_machine: int) -> None:
     """Create one process group per machine from consecutive ranks (collective).
 
+    Mirrors detectron2's ``comm.create_local_process_group``: machine ``i`` holds ranks
+    ``[i * n, (i + 1) * n)``. Every rank creates every group, so all ranks must call it. Calling it again
+    with the same ``n`` under the same default group does nothing (detectron2 caches the call too). Without
+    a process group it does nothing (``n`` must then be 1).
+
     Args:
-        num_workers_per_machine: processes on each machine; must divide the world size.
+        num_workers_per_machine: processes on each machine (``n``); must divide the world size.
 
     Raises:
-        ValueError: when ``num_workers_per_machine`` does not divide the world size.
+        TypeError: when ``num_workers_per_machine`` is not an int.
+        ValueError: when it is not positive, does not divide the world size, or differs from the size of
+            the local group that already exists.
     """
-    global _LOCAL_PROCESS_GROUP
-    if _LOCAL_PROCESS_GROUP is not None:
-        return
+    global _LOCAL_PROCESS_GROUP, _LOCAL_SIZE, _LOCAL_OWNER
+    if isinstance(num_workers_per_machine, bool) or not isinstance(num_workers_per_machine, int):
+        raise TypeError(
+            f"num_workers_per_machine must be an int, got {type(num_workers_per_machine).__name__} "
+            f"{num_workers_per_machine!r}"
+        )
     world = get_world_size()
     if num_workers_per_machine < 1 or world % num_workers_per_machine != 0:
         raise ValueError(
             f"num_workers_per_machine={num_workers_per_machine} must be >= 1 and divide the world size {world}"
         )
+    if _valid_local_group() is not None:
+        if num_workers_per_machine != _LOCAL_SIZE:
+            raise ValueError(
+                f"num_workers_per_machine={num_workers_per_machine} differs from the existing local process "
+                f"group of size {_LOCAL_SIZE}; it can be created only once per default process group"
+            )
+        return
     if not _is_dist():
         return
     machine = get_rank() // num_workers_per_machine
@@ -80,24 +114,39 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
         group = dist.new_group(ranks)  # every rank must create every group
         if i == machine:
             _LOCAL_PROCESS_GROUP = group
+    _LOCAL_SIZE = num_workers_per_machine
+    _LOCAL_OWNER = _default_group()
 
 
 def get_local_process_group() -> dist.ProcessGroup:
-    """The per-machine group created by :func:`create_local_process_group`."""
-    if _LOCAL_PROCESS_GROUP is None:
+    """The per-machine group created by :func:`create_local_process_group`.
+
+    Raises:
+        RuntimeError: when it has not been created under the current default group.
+    """
+    group = _valid_local_group()
+    if group is None:
         raise RuntimeError(_MISSING_LOCAL_PG)
-    return _LOCAL_PROCESS_GROUP
+    return group
 
 
 def get_local_rank() -> int:
-    """Rank of this process within its machine (0 when not distributed)."""
+    """Rank of this process within its machine (0 when not distributed).
+
+    Raises:
+        RuntimeError: when distributed but the local group was never created (detectron2 asserts).
+    """
     if not _is_dist():
         return 0
     return dist.get_rank(group=get_local_process_group())
 
 
 def get_local_size() -> int:
-    """Number of processes on this machine (1 when not distributed)."""
+    """Number of processes on this machine (1 when not distributed).
+
+    Raises:
+        RuntimeError: when distributed but the local group was never created (detectron2 asserts).
+    """
     if not _is_dist():
         return 1
     return dist.get_world_size(group=get_local_process_group())
@@ -109,7 +158,10 @@ def is_main_process() -> bool:
 
 
 def synchronize() -> None:
-    """Barrier across all processes (collective; a no-op at world size 1)."""
+    """Barrier across all processes (collective; a no-op at world size 1).
+
+    With NCCL the barrier runs on the current CUDA device, as in detectron2.
+    """
     if get_world_size() == 1:
         return
     if dist.get_backend() == dist.Backend.NCCL and torch.cuda.is_available():
@@ -118,19 +170,27 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache
 def _gloo_group() -> dist.ProcessGroup:
-    """A cached gloo group: object collectives run on CPU whatever the main backend is."""
-    if dist.get_backend() == dist.Backend.NCCL:
-        return dist.new_group(backend="gloo")
-    return dist.group.WORLD
+    """A gloo group over all ranks, cached per default group: object collectives run on CPU."""
+    global _GLOO_CACHE
+    world = dist.group.WORLD
+    if world is None:
+        raise RuntimeError("torch.distributed is not initialised")
+    if _GLOO_CACHE is None or _GLOO_CACHE[0] is not world:
+        gloo = dist.new_group(backend="gloo") if dist.get_backend() == dist.Backend.NCCL else world
+        _GLOO_CACHE = (world, gloo)
+    return _GLOO_CACHE[1]
 
 
 def all_gather(data: Any, group: dist.ProcessGroup | None = None) -> list[Any]:
     """Gather a picklable object from every rank (collective).
 
+    Args:
+        data: any picklable object.
+        group: the group to gather over; by default every rank, over gloo (CPU) even when training on NCCL.
+
     Returns:
-        The objects of all ranks, in rank order.
+        The objects of all ranks of ``group``, in rank order (``[data]`` at world size 1).
     """
     if get_world_size() == 1:
         return [data]
@@ -146,8 +206,14 @@ def all_gather(data: Any, group: dist.ProcessGroup | None = None) -> list[Any]:
 def gather(data: Any, dst: int = 0, group: dist.ProcessGroup | None = None) -> list[Any]:
     """Gather a picklable object to rank ``dst`` (collective).
 
+    Args:
+        data: any picklable object.
+        dst: the destination's global rank.
+        group: as for :func:`all_gather`.
+
     Returns:
-        On ``dst``, the objects of all ranks in rank order; on the other ranks, ``[]``.
+        On ``dst``, the objects of all ranks in rank order; on the other ranks, ``[]``
+        (``[data]`` at world size 1).
     """
     if get_world_size() == 1:
         return [data]
@@ -164,7 +230,10 @@ def gather(data: Any, dst: int = 0, group: dist.ProcessGroup | None = None) -> l
 
 
 def shared_random_seed() -> int:
-    """A random integer drawn on every rank and replaced by rank 0's value (collective)."""
+    """A random integer in ``[0, 2**31)`` that is the same on every rank (collective).
+
+    Every rank draws from numpy's global RNG; rank 0's draw is returned everywhere.
+    """
     seed = int(np.random.randint(2**31))
     return int(all_gather(seed)[0])
 
@@ -172,8 +241,8 @@ def shared_random_seed() -> int:
 def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
     """Reduce scalar tensors to rank 0, keys in sorted order (collective).
 
-    Only rank 0 holds the reduced (and, with ``average``, divided) values; other ranks get partial sums,
-    as in detectron2.
+    Only rank 0 holds the reduced (and, with ``average``, divided by the world size) values; other ranks get
+    whatever the backend leaves in their buffers, as in detectron2. At world size 1 the input is returned.
     """
     world = get_world_size()
     if world < 2:
@@ -188,8 +257,9 @@ def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> di
 
 
 def _reset_local_process_group() -> None:
-    """Forget the local group (after the default group is destroyed)."""
-    global _LOCAL_PROCESS_GROUP
+    """Forget the local group and the cached gloo group (after the default group is destroyed)."""
+    global _LOCAL_PROCESS_GROUP, _LOCAL_SIZE, _LOCAL_OWNER, _GLOO_CACHE
     _LOCAL_PROCESS_GROUP = None
-    _gloo_group.cache_clear()
-
+    _LOCAL_SIZE = 0
+    _LOCAL_OWNER = None
+    _GLOO_CACHE = None

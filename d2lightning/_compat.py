@@ -1,0 +1,159 @@
+"""The one place where d2lightning meets a real detectron2 install (optional, never required).
+
+Nothing here imports detectron2 at module import. What it provides:
+
+* **Availability**: :func:`detectron2_available` / :func:`require_detectron2` (tests skip with
+  :data:`DETECTRON2_MISSING_REASON` when it is absent).
+* **One event storage for both libraries.** detectron2's hooks, writers and models find "the current storage"
+  through ``detectron2.utils.events.get_event_storage()``, which reads detectron2's own module-level stack.
+  Every d2lightning ``EventStorage`` that is entered is therefore also pushed on that stack
+  (:func:`share_storage`) and taken off when it exits (:func:`unshare_storage`) — but only if
+  ``detectron2.utils.events`` is already imported; otherwise nothing is done. This costs one ``sys.modules``
+  lookup per storage *context* (once per training run), nothing per iteration. d2lightning's storage class
+  implements the whole interface detectron2's code uses (``put_scalar(s)``, ``put_image``,
+  ``put_histogram``, ``history``, ``histories``, ``latest``, ``latest_with_smoothing_hint``,
+  ``count_samples``, ``iter``, ``name_scope``, ``_vis_data``, ``_histograms``, ``clear_*``), so the same object
+  is shared as it is. (Making d2lightning's storage *be* detectron2's class when detectron2 is present was
+  rejected: its behaviour would then depend on whether, which version of and when detectron2 was imported.)
+  A storage detectron2 itself opens (``PreciseBN`` does, to discard the events of its forward passes) stays
+  on detectron2's stack only, exactly as in detectron2.
+* **Hook needs**: :func:`check_detectron2_hooks` verifies, when a run starts, that the trainer offers what
+  detectron2's hooks will read from it, and raises a clear ``AttributeError`` naming the hook and the missing
+  attribute otherwise (see :data:`TRAINER_NEEDS`).
+
+Limitation: a ``detectron2.utils.events`` imported for the first time *while* a d2lightning storage is open does
+not see that storage (import detectron2 before training starts, as building a detectron2 model or hook does).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "DETECTRON2_MISSING_REASON",
+    "TRAINER_NEEDS",
+    "check_detectron2_hooks",
+    "detectron2_available",
+    "is_detectron2_object",
+    "require_detectron2",
+    "share_storage",
+    "unshare_storage",
+]
+
+DETECTRON2_MISSING_REASON = "detectron2 is not installed"
+_EVENTS_MODULE = "detectron2.utils.events"
+_STACK_ATTR = "_detectron2_storage_stack"  # set on a d2lightning EventStorage while detectron2's stack holds it
+
+#: What detectron2's hooks read from ``self.trainer`` beyond the loop state every d2lightning trainer has during
+#: a run (``iter``, ``start_iter``, ``max_iter``, ``storage``). ``{hook class name: ((own attribute, trainer
+#: attribute, constructor argument), ...)}``: the trainer attribute is needed when the hook's own attribute is
+#: None. The other hooks of ``detectron2.engine.hooks`` (IterationTimer, PeriodicWriter, PeriodicCheckpointer,
+#: BestCheckpointer, EvalHook, PreciseBN, TorchProfiler, AutogradProfiler, TorchMemoryStats, CallbackHook) read
+#: only the loop state.
+TRAINER_NEEDS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "LRScheduler": (("_optimizer", "optimizer", "optimizer"), ("_scheduler", "scheduler", "scheduler")),
+}
+
+
+@lru_cache(maxsize=1)
+def detectron2_available() -> bool:
+    """Whether ``import detectron2`` can work (the package is installed); the answer is cached."""
+    return importlib.util.find_spec("detectron2") is not None
+
+
+def require_detectron2(feature: str, module: str = "detectron2") -> ModuleType:
+    """Import ``module`` of detectron2 for ``feature``, or fail with a message saying how to get it.
+
+    Args:
+        feature: what needs detectron2, for the error message (e.g. ``"DetectionCheckpointer crossover"``).
+        module: the detectron2 module to import, ``"detectron2"`` or a submodule (``"detectron2.engine"``).
+
+    Raises:
+        ValueError: when ``module`` is not detectron2 or one of its submodules.
+        ImportError: naming ``feature`` when detectron2 is not installed.
+    """
+    if not isinstance(module, str) or not (module == "detectron2" or module.startswith("detectron2.")):
+        raise ValueError(f"module must be 'detectron2' or a 'detectron2.*' submodule, got {module!r}")
+    if not detectron2_available():
+        raise ImportError(
+            f"{feature} needs detectron2, which is not installed: see "
+            "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
+        )
+    return importlib.import_module(module)
+
+
+def is_detectron2_object(obj: Any) -> bool:
+    """Whether ``obj``'s class is defined in detectron2 itself (module ``detectron2.*``)."""
+    return type(obj).__module__.startswith("detectron2.")
+
+
+# ---------------------------------------------------------------- storage bridge
+def share_storage(storage: Any) -> None:
+    """Make ``storage`` detectron2's current storage too, if detectron2's events module is loaded.
+
+    Called by d2lightning's ``EventStorage.__enter__`` right after it pushed itself on d2lightning's stack.
+    """
+    events = sys.modules.get(_EVENTS_MODULE)
+    if events is None:
+        return
+    stack = events._CURRENT_STORAGE_STACK
+    stack.append(storage)
+    setattr(storage, _STACK_ATTR, stack)
+
+
+def unshare_storage(storage: Any) -> None:
+    """Take ``storage`` off detectron2's stack if :func:`share_storage` put it there (idempotent).
+
+    Normally it is on top (contexts nest); if something left a detectron2 storage open above it, only
+    ``storage`` is removed and the other one stays current.
+    """
+    stack = storage.__dict__.pop(_STACK_ATTR, None)
+    if stack is None:
+        return
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is storage:
+            del stack[i]
+            return
+
+
+# ---------------------------------------------------------------- hook needs
+def check_detectron2_hooks(trainer: Any, hooks: Iterable[Any]) -> None:
+    """Check that ``trainer`` has every attribute the detectron2 hooks among ``hooks`` will read from it.
+
+    Runs once when a run starts, before any ``before_train``. Only hooks whose class is detectron2's own (module
+    ``detectron2.*``) are checked: a user subclass may get what it needs elsewhere. Returns at once when
+    detectron2 was never imported.
+
+    Raises:
+        AttributeError: naming the hook, the trainer attribute, the trainer's class and the fix, when the
+            attribute is missing or None (e.g. ``detectron2.engine.hooks.LRScheduler()`` without a
+            ``scheduler`` in a ``SimpleTrainer``, which has none; detectron2's ``DefaultTrainer`` has one).
+    """
+    if "detectron2" not in sys.modules:
+        return
+    for hook in hooks:
+        needs = _needs_of(hook)
+        for own, attr, arg in needs:
+            if getattr(hook, own, None) is not None:
+                continue
+            if getattr(trainer, attr, None) is None:
+                has = hasattr(trainer, attr)
+                hook_name = f"{type(hook).__module__}.{type(hook).__qualname__}"
+                state = f"has {attr}=None" if has else f"has no attribute {attr!r}"
+                raise AttributeError(
+                    f"{hook_name} was created without {arg}= and reads trainer.{attr} instead, but the trainer it "
+                    f"runs in ({type(trainer).__qualname__}) {state}. Pass {arg}=... to the hook, or set "
+                    f"trainer.{attr} before training."
+                )
+
+
+def _needs_of(hook: Any) -> tuple[tuple[str, str, str], ...]:
+    if not is_detectron2_object(hook):
+        return ()
+    return TRAINER_NEEDS.get(type(hook).__name__, ())

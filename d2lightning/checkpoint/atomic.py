@@ -1,0 +1,101 @@
+"""Crash-safe file writes for checkpoints (no detectron2 counterpart: fvcore writes in place).
+
+Every file is written to a hidden temporary file in the destination directory, flushed and fsynced, then
+renamed over the destination with ``os.replace`` (atomic on POSIX and Windows), and the directory is fsynced
+so the rename itself survives a power loss. A process killed at any moment therefore leaves either the old
+file or the complete new one, never a truncated file under the final name. A killed writer can leave its
+temporary file (``.<name>.<random>.tmp``) behind; nothing reads those, and :func:`remove_stale_temp_files`
+deletes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from typing import IO, Any
+
+import torch
+
+__all__ = ["atomic_save", "atomic_write", "atomic_write_text", "remove_stale_temp_files"]
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a temporary binary file, then atomically move it to ``path``.
+
+    Args:
+        path: the destination file; its directory must exist.
+        write: writes the whole content into the open file it is given.
+
+    Raises:
+        Whatever ``write`` or the file system raises; the temporary file is removed then and ``path`` is
+        left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``, atomically (see :func:`atomic_write`)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str], accept: Callable[[str], bool]) -> list[str]:
+    """Delete the temporary files killed writers left in ``directory``; return their paths.
+
+    Only call it while nothing writes there (e.g. before training resumes).
+
+    Args:
+        directory: the directory to clean.
+        accept: called with the destination name of each temporary file (``model_0000009.pth``); only those
+            it accepts are deleted.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        match = _TEMP.match(entry)
+        if match is None or not accept(match.group("name")):
+            continue
+        path = os.path.join(directory, entry)
+        with contextlib.suppress(FileNotFoundError):  # another process cleaning up too
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,294 @@
+"""fvcore's ``Checkpointer`` (``fvcore.common.checkpoint``), with crash-safe writes and Lightning's full state.
+
+Same constructor, methods, file layout and log messages as fvcore's, which detectron2 uses everywhere. What
+d2lightning adds:
+
+- every file (checkpoint and ``last_checkpoint``) is written atomically (:mod:`.atomic`);
+- a checkpoint saved during a Lightning fit of the model also holds Lightning's full state, so the file is a
+  valid ``Trainer.fit(ckpt_path=...)`` (:mod:`.lightning_state`);
+- an unreadable file raises :class:`CorruptCheckpointError` naming it, and :meth:`Checkpointer.resume_or_load`
+  then falls back to the newest readable checkpoint of the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove_stale_temp_files
+from d2lightning.checkpoint.lightning_state import add_lightning_state, pop_lightning_state
+from d2lightning.checkpoint.model_loading import IncompatibleKeys, load_model_state, log_incompatible_keys
+
+__all__ = ["Checkpointer", "CorruptCheckpointError"]
+
+_LAST = "last_checkpoint"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read: truncated, damaged, or not a checkpoint at all."""
+
+
+class Checkpointer:
+    """Save and load a model plus any other objects with ``state_dict()``/``load_state_dict()``.
+
+    Mirrors fvcore's ``Checkpointer``. :meth:`save` writes ``{"model": model.state_dict(), <key>:
+    obj.state_dict() for each checkpointable, **extra}`` to ``save_dir/{name}.pth`` and the basename into
+    ``save_dir/last_checkpoint``; :meth:`load` restores them and returns what is left (``{"iteration": N}``).
+    A checkpointable can be anything with those two methods, the trainer included:
+    ``Checkpointer(model, dir, optimizer=opt, trainer=trainer)`` saves ``trainer.state_dict()``
+    (``{"iteration", "hooks", "optimizer"...}``) and ``resume_or_load`` restores ``trainer.iter`` and the hooks.
+
+    Files are read with ``torch.load(weights_only=True)``; set ``checkpointer.weights_only = False`` to read
+    a trusted file that holds other Python objects.
+
+    Args:
+        model: the model; a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped.
+        save_dir: the directory of the checkpoints and of ``last_checkpoint``; ``""`` disables saving.
+        save_to_disk: False disables saving (e.g. on non-main processes).
+        **checkpointables: the other objects, saved under their keyword.
+
+    Raises:
+        TypeError: when ``model`` is not a ``torch.nn.Module`` or a checkpointable has no ``state_dict``.
+        ValueError: when a checkpointable is named ``"model"``.
+
+    Example::
+
+        checkpointer = Checkpointer(model, "output", optimizer=optimizer, trainer=trainer)
+        checkpointer.save("model_0000999", iteration=999)
+        start_iter = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
+    """
+
+    weights_only: bool = True
+
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any
+    ) -> None:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Checkpointer model must be a torch.nn.Module, got {type(model).__qualname__}")
+        self.model = model
+        self.checkpointables: dict[str, Any] = {}
+        for key, obj in checkpointables.items():
+            self.add_checkpointable(key, obj)
+        self.logger = logging.getLogger(__name__)
+        self.save_dir = os.fspath(save_dir)
+        self.save_to_disk = save_to_disk
+        self._lightning_warning: str | None = None
+
+    def add_checkpointable(self, key: str, checkpointable: Any) -> None:
+        """Track another object, saved under ``key``.
+
+        Raises:
+            KeyError: when ``key`` is already used (as fvcore).
+            ValueError: when ``key`` is ``"model"``.
+            TypeError: when the object has no ``state_dict`` method.
+        """
+        if key in self.checkpointables:
+            raise KeyError(f"Key {key} already used in the Checkpointer")
+        if key == "model":
+            raise ValueError("a checkpointable cannot be named 'model': that key holds the model's weights")
+        if not callable(getattr(checkpointable, "state_dict", None)):
+            raise TypeError(
+                f"checkpointable {key!r} ({type(checkpointable).__qualname__}) needs a 'state_dict()' method"
+            )
+        self.checkpointables[key] = checkpointable
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``save_dir/{name}.pth`` atomically, then point ``last_checkpoint`` at it.
+
+        Does nothing when ``save_dir`` is empty or ``save_to_disk`` is False. During a Lightning fit of the
+        model the file also holds Lightning's full state (see :mod:`d2lightning.checkpoint.lightning_state`).
+
+        Args:
+            name: the file name without ``.pth``; no directory part.
+            **kwargs: extra entries, e.g. ``iteration=999``.
+
+        Raises:
+            ValueError: when ``name`` contains a directory part.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        basename = f"{name}.pth"
+        if os.path.basename(basename) != basename:
+            raise ValueError(f"checkpoint name must be a file name without directory, got {name!r}")
+        data: dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        reason = add_lightning_state(data, self.model)
+        if reason is not None and reason != self._lightning_warning:
+            self._lightning_warning = reason
+            self.logger.warning(reason)
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        os.makedirs(self.save_dir, exist_ok=True)
+        atomic_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_filename_basename`` into ``save_dir/last_checkpoint`` (atomically)."""
+        atomic_write_text(os.path.join(self.save_dir, _LAST), last_filename_basename)
+
+    # ------------------------------------------------------------------ finding
+    def has_checkpoint(self) -> bool:
+        """Whether ``save_dir/last_checkpoint`` exists."""
+        return os.path.exists(os.path.join(self.save_dir, _LAST))
+
+    def get_checkpoint_file(self) -> str:
+        """The path ``last_checkpoint`` names, or ``""`` when there is none."""
+        try:
+            with open(os.path.join(self.save_dir, _LAST)) as f:
+                last_saved = f.read().strip()
+        except OSError:
+            return ""
+        return os.path.join(self.save_dir, last_saved)
+
+    def get_all_checkpoint_files(self) -> list[str]:
+        """Every ``.pth`` file in ``save_dir``, sorted by name."""
+        if not os.path.isdir(self.save_dir):
+            return []
+        return [
+            os.path.join(self.save_dir, f)
+            for f in sorted(os.listdir(self.save_dir))
+            if f.endswith(".pth") and os.path.isfile(os.path.join(self.save_dir, f))
+        ]
+
+    # ------------------------------------------------------------------ loading
+    def load(self, path: str, checkpointables: Iterable[str] | None = None) -> dict[str, Any]:
+        """Load the model and checkpointables from ``path``; return the remaining entries.
+
+        An empty ``path`` loads nothing and returns ``{}``. The weights load non-strictly (``module.``
+        prefixes stripped, shape mismatches dropped, missing/unexpected keys logged). Lightning's keys of a
+        combined file are not returned.
+
+        Args:
+            path: the checkpoint file.
+            checkpointables: names of the checkpointables to load; None loads all of them, ``[]`` none.
+
+        Raises:
+            FileNotFoundError: naming ``path`` when it does not exist.
+            CorruptCheckpointError: naming ``path`` when it cannot be read.
+            ValueError: naming an unknown checkpointable.
+        """
+        if not path:
+            self.logger.info("No checkpoint found. Initializing model from scratch")
+            return {}
+        names = self._checkpointable_names(checkpointables)
+        self.logger.info(f"[Checkpointer] Loading from {path} ...")
+        return self._restore(path, self._read(path), names)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Resume from ``last_checkpoint`` when ``resume`` and it exists, else load only the weights of ``path``.
+
+        Resuming loads everything (model and every checkpointable). When the file ``last_checkpoint`` names is
+        missing or unreadable, the other checkpoints of ``save_dir`` are tried newest first (by modification
+        time) and the first readable one is used, with a warning naming it. With ``resume``, a process that
+        saves (``save_to_disk``) first deletes the temporary files of saves that were killed.
+
+        Raises:
+            CorruptCheckpointError: when no checkpoint of ``save_dir`` can be read.
+        """
+        if resume and self.save_dir and self.save_to_disk:
+            for stale in remove_stale_temp_files(self.save_dir, _is_ours):
+                self.logger.info(f"Removed {stale}, left by an interrupted save")
+        if resume and self.has_checkpoint():
+            return self._resume()
+        return self.load(path, checkpointables=[])
+
+    def _resume(self) -> dict[str, Any]:
+        last = self.get_checkpoint_file()
+        others = sorted((f for f in self.get_all_checkpoint_files() if f != last), key=os.path.getmtime, reverse=True)
+        errors: list[str] = []
+        for candidate in [last, *others]:
+            self.logger.info(f"[Checkpointer] Loading from {candidate} ...")
+            try:
+                checkpoint = self._read(candidate)
+            except (FileNotFoundError, CorruptCheckpointError) as e:
+                self.logger.warning(f"Cannot resume from {candidate}: {e}")
+                errors.append(str(e))
+                continue
+            if candidate != last:
+                self.logger.warning(
+                    f"Resuming from {candidate} instead of {last} (named by last_checkpoint, unreadable): the "
+                    "newest readable checkpoint in the directory"
+                )
+            return self._restore(candidate, checkpoint, list(self.checkpointables))
+        raise CorruptCheckpointError(f"No checkpoint in {self.save_dir!r} can be read:\n" + "\n".join(errors))
+
+    def _checkpointable_names(self, checkpointables: Iterable[str] | None) -> list[str]:
+        if checkpointables is None:
+            return list(self.checkpointables)
+        names = list(checkpointables)
+        unknown = [n for n in names if n not in self.checkpointables]
+        if unknown:
+            raise ValueError(
+                f"checkpointables {unknown} are not tracked by this checkpointer; known: {list(self.checkpointables)}"
+            )
+        return names
+
+    def _read(self, path: str) -> dict[str, Any]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint {path} not found!")
+        checkpoint = self._load_file(path)
+        pop_lightning_state(checkpoint)
+        return checkpoint
+
+    def _restore(self, path: str, checkpoint: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        if "model" not in checkpoint:
+            raise ValueError(f"Checkpoint {path} has no 'model' entry (it has {sorted(checkpoint)})")
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        for key in names:
+            if key in checkpoint:
+                self.logger.info(f"Loading {key} from {path} ...")
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+    def _load_file(self, f: str) -> dict[str, Any]:
+        """Read a checkpoint file (on CPU). Subclasses add formats.
+
+        Raises:
+            CorruptCheckpointError: naming the file when it is truncated or not a torch file.
+            pickle.UnpicklingError: naming the file when it holds objects ``weights_only`` refuses.
+        """
+        try:
+            loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=self.weights_only)
+        except pickle.UnpicklingError as e:
+            if "weights only" in str(e).lower():
+                raise pickle.UnpicklingError(
+                    f"Checkpoint {f} holds objects that torch.load(weights_only=True) refuses; if you trust the "
+                    f"file, set checkpointer.weights_only = False. torch said: {e}"
+                ) from e
+            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or corrupt: {e}") from e
+        except Exception as e:  # a damaged file can fail anywhere in torch's reader
+            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or corrupt: {e}") from e
+        if not isinstance(loaded, dict):
+            raise CorruptCheckpointError(f"Checkpoint {f} holds a {type(loaded).__qualname__}, not a dict")
+        return loaded
+
+    def _load_model(self, checkpoint: dict[str, Any]) -> IncompatibleKeys:
+        """Load ``checkpoint.pop("model")`` into the model (see :func:`.model_loading.load_model_state`)."""
+        return load_model_state(self.model, checkpoint.pop("model"))
+
+    def _log_incompatible_keys(self, incompatible: IncompatibleKeys) -> None:
+        log_incompatible_keys(self.logger, self.model, incompatible)
+
+
+def _is_ours(name: str) -> bool:
+    return name == _LAST or name.endswith(".pth")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # deleted meanwhile: try it last
+        return float("-inf")

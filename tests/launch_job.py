@@ -1,0 +1,90 @@
+"""A job for the launcher tests: ``python tests/launch_job.py OUT_DIR NUM_GPUS_PER_MACHINE [lightning]``.
+
+Run by ``srun``, ``torchrun`` or with hand-made SLURM variables, it calls ``launch(job_main, N)``; every rank
+all-reduces ``rank + 1`` and writes what it saw to ``OUT_DIR/rank{R}.json`` (with ``lightning``, also what
+Lightning's ``SLURMEnvironment`` reads, at the cost of importing Lightning). Also holds the small helpers the
+distributed tests share to pass results from worker processes back to the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK")
+LAUNCHER_VARS = (*ENV_KEYS, "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+
+
+@contextlib.contextmanager
+def without_launcher_variables() -> Iterator[None]:
+    """Hide every launcher variable (SLURM_*, torchrun's, MASTER_*...) from ``os.environ`` for a while.
+
+    So that a test behaves as under a plain ``python``, even when pytest runs inside srun or after a test
+    that leaked Lightning's variables.
+    """
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k in LAUNCHER_VARS or k.startswith("SLURM_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def write_result(out_dir: str | Path, rank: int, payload: dict[str, Any]) -> None:
+    """Write one rank's findings as ``rank{rank}.json`` (atomically)."""
+    path = Path(out_dir) / f"rank{rank}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_results(out_dir: str | Path, world_size: int) -> list[dict[str, Any]]:
+    """The findings of ranks ``0 .. world_size - 1``, in rank order."""
+    return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+def job_main(out_dir: str, ask_lightning: bool = False) -> None:
+    """All-reduce ``rank + 1`` and record ranks, sizes, rendezvous and the detected launcher."""
+    import torch
+    import torch.distributed as dist
+
+    from d2lightning.engine.launch import detect_cluster_environment
+    from d2lightning.utils import comm
+
+    total = torch.tensor([float(comm.get_rank() + 1)])
+    dist.all_reduce(total)
+    env = detect_cluster_environment()
+    payload: dict[str, Any] = {
+        "rank": comm.get_rank(),
+        "world_size": comm.get_world_size(),
+        "local_rank": comm.get_local_rank(),
+        "local_size": comm.get_local_size(),
+        "sum": total.item(),
+        "backend": str(dist.get_backend()),
+        "pid": os.getpid(),
+        "env": {k: os.environ.get(k) for k in (*ENV_KEYS, "SLURM_NTASKS_PER_NODE", "SLURM_JOB_ID")},
+        "detected": None if env is None else env.__dict__,
+    }
+    if ask_lightning and env is not None and env.launcher == "slurm":
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        lightning_env = SLURMEnvironment(auto_requeue=False)  # raises if Lightning would refuse the step
+        payload["lightning"] = {
+            "main_address": lightning_env.main_address,
+            "main_port": lightning_env.main_port,
+            "global_rank": lightning_env.global_rank(),
+            "local_rank": lightning_env.local_rank(),
+            "world_size": lightning_env.world_size(),
+            "node_rank": lightning_env.node_rank(),
+        }
+    write_result(out_dir, comm.get_rank(), payload)
+
+
+if __name__ == "__main__":
+    from d2lightning.engine.launch import launch
+
+    launch(job_main, int(sys.argv[2]), args=(sys.argv[1], sys.argv[3:] == ["lightning"]))
