@@ -293,9 +293,7 @@ def test_train_loader_follows_seed_and_shards_by_rank(tiny_dataset, monkeypatch)
     batches = list(itertools.islice(iter(build_detection_train_loader(cfg)), 3))
     assert [len(b) for b in batches] == [2, 2, 2]
     assert [x["image_id"] for b in batches for x in b] == stream[1::2]
-    with pytest.raises(
-        ValueError, match=r"Total batch size \(3\) must be divisible by the number of gpus \(2\)"
-    ):
+    with pytest.raises(ValueError, match=r"Total batch size \(3\) must be divisible by the number of gpus \(2\)"):
         build_detection_train_loader(_cfg(train=tiny_dataset, **{"SOLVER.IMS_PER_BATCH": 3}))
 
 
@@ -313,9 +311,7 @@ def test_train_loader_explicit_arguments(tiny_dataset):
     )
     batch = next(iter(loader))
     assert [x["image_id"] for x in batch] == [0, 1, 2]
-    assert torch.equal(
-        batch[0]["image"], torch.from_numpy(read_image(dicts[0]["file_name"])).permute(2, 0, 1)
-    )
+    assert torch.equal(batch[0]["image"], torch.from_numpy(read_image(dicts[0]["file_name"])).permute(2, 0, 1))
 
 
 def test_test_loader_length_order_and_uneven_shards(monkeypatch):

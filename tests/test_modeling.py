@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from d2lightning.config import get_cfg
 from d2lightning.data import DatasetMapper
 from d2lightning.data.datasets import ShapesSpec, load_shapes_dicts
 from d2lightning.modeling import (
@@ -21,6 +19,7 @@ from d2lightning.modeling import (
     detector_postprocess,
 )
 from d2lightning.structures import Boxes, Instances
+from d2lightning.utils.events import EventStorage
 
 TINY = {"BACKBONE_WIDTHS": [8, 8, 16, 16], "HEAD_WIDTH": 8}
 
@@ -81,22 +80,24 @@ def test_registry_register_get_and_errors():
 
 def test_build_model_builds_registered_arch_on_device():
     model = build_model(_cfg())
-    assert type(model).__name__ == "ShapesDetector" and META_ARCH_REGISTRY.get("ShapesDetector") is type(
-        model
-    )
+    assert type(model).__name__ == "ShapesDetector" and META_ARCH_REGISTRY.get("ShapesDetector") is type(model)
     assert model.device == torch.device("cpu")
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert model.training
     cfg = _cfg()
     cfg.MODEL.META_ARCHITECTURE = "Missing"
-    with pytest.raises(
-        KeyError, match=r"No object named 'Missing' found in 'META_ARCH' registry!.*ShapesDetector"
-    ):
+    with pytest.raises(KeyError, match=r"No object named 'Missing' found in 'META_ARCH' registry!.*ShapesDetector"):
         build_model(cfg)
 
 
 def test_defaults_are_declared_and_validated():
     assert SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"]["NUM_CLASSES"] == 3
+    cfg = get_cfg()
+    assert cfg.MODEL.SHAPES_DETECTOR.NUM_CLASSES == 3
+    assert list(cfg.MODEL.SHAPES_DETECTOR.BACKBONE_WIDTHS) == [16, 32, 64, 96]
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "ShapesDetector"
+    assert build_model(cfg).num_classes == 3  # a full d2lightning config works as is
     cfg = _cfg()
     cfg.MODEL.PIXEL_STD = [1.0, 1.0]
     with pytest.raises(ValueError, match="PIXEL_MEAN"):
@@ -136,26 +137,16 @@ def test_training_needs_instances():
         model(batch)
 
 
-def test_training_puts_scalars_into_an_active_event_storage(monkeypatch):
-    class Storage:
-        def __init__(self):
-            self.scalars = {}
-
-        def put_scalar(self, name, value):
-            self.scalars[name] = value
-
-    storage = Storage()
-    fake = types.ModuleType("d2lightning.utils.events")
-    fake._CURRENT_STORAGE_STACK = [storage]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "d2lightning.utils.events", fake)
-    monkeypatch.setattr(sys.modules["d2lightning.utils"], "events", fake, raising=False)
+def test_training_puts_scalars_into_an_active_event_storage():
     batch = _batch(2)
-    build_model(_cfg())(batch)
+    model = build_model(_cfg())
+    assert set(model(batch)) == {"loss_heatmap", "loss_box"}  # no storage open: nothing to report to
+    with EventStorage(0) as storage:
+        model(batch)
+    latest = storage.latest()
     n_gt = sum(len(x["instances"]) for x in batch) / 2
-    assert storage.scalars["shapes_detector/num_gt_per_image"] == n_gt
-    assert 0.0 < storage.scalars["shapes_detector/peak_score"] < 1.0
-    fake._CURRENT_STORAGE_STACK = []  # type: ignore[attr-defined]
-    assert set(build_model(_cfg())(batch)) == {"loss_heatmap", "loss_box"}  # no storage: nothing put
+    assert latest["shapes_detector/num_gt_per_image"] == (n_gt, 0)
+    assert 0.0 < latest["shapes_detector/peak_score"][0] < 1.0
 
 
 # ---- inference contract --------------------------------------------------------------------------
@@ -172,9 +163,7 @@ def test_eval_returns_instances_in_original_coordinates():
     assert isinstance(scaled.pred_boxes, Boxes)
     assert scaled.scores.shape == scaled.pred_classes.shape == (len(scaled),)
     assert len(native) == len(scaled) == 20
-    assert torch.allclose(
-        scaled.pred_boxes.tensor, native.pred_boxes.tensor * torch.tensor([1.5, 2.0, 1.5, 2.0])
-    )
+    assert torch.allclose(scaled.pred_boxes.tensor, native.pred_boxes.tensor * torch.tensor([1.5, 2.0, 1.5, 2.0]))
     assert scaled.scores.tolist() == native.scores.tolist()
     assert (scaled.pred_boxes.tensor[:, 2] <= 96).all() and (scaled.pred_boxes.tensor[:, 3] <= 128).all()
 

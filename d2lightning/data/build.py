@@ -118,9 +118,7 @@ def build_batch_data_loader(
     """
     world = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world != 0:
-        raise ValueError(
-            f"Total batch size ({total_batch_size}) must be divisible by the number of gpus ({world})."
-        )
+        raise ValueError(f"Total batch size ({total_batch_size}) must be divisible by the number of gpus ({world}).")
     batch_size = total_batch_size // world
     logger.info("Making batched data loader with batch_size=%d", batch_size)
     return DataLoader(
@@ -175,9 +173,7 @@ def build_detection_train_loader(
     if cfg is not None:
         if dataset is None:
             names = cfg_get(cfg, "DATASETS.TRAIN")
-            dataset = get_detection_dataset_dicts(
-                names, cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True)
-            )
+            dataset = get_detection_dataset_dicts(names, cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True))
         mapper = mapper if mapper is not None else DatasetMapper(cfg, True)
         if sampler is None:
             name = cfg_get(cfg, "DATALOADER.SAMPLER_TRAIN", "TrainingSampler")
@@ -185,16 +181,12 @@ def build_detection_train_loader(
                 raise ValueError(f"Unknown training sampler: {name} (only TrainingSampler is implemented)")
             sampler = TrainingSampler(len(dataset), seed=int(cfg_get(cfg, "SEED", -1)))  # type: ignore[arg-type]
         total_batch_size = total_batch_size or int(cfg_get(cfg, "SOLVER.IMS_PER_BATCH", 16))
-        num_workers = (
-            num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
-        )
+        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
     if dataset is None or total_batch_size is None:
         raise ValueError("build_detection_train_loader needs a cfg, or a dataset and total_batch_size=")
     ds = _as_dataset(dataset, mapper)
     sampler = sampler if sampler is not None else TrainingSampler(len(ds))  # type: ignore[arg-type]
-    return build_batch_data_loader(
-        ds, sampler, total_batch_size, num_workers=num_workers or 0, collate_fn=collate_fn
-    )
+    return build_batch_data_loader(ds, sampler, total_batch_size, num_workers=num_workers or 0, collate_fn=collate_fn)
 
 
 def build_detection_test_loader(
@@ -228,9 +220,7 @@ def build_detection_test_loader(
                 raise ValueError("build_detection_test_loader(cfg, dataset_name) needs a dataset_name")
             dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False)
         mapper = mapper if mapper is not None else DatasetMapper(cfg, False)
-        num_workers = (
-            num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
-        )
+        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
     if dataset is None:
         raise ValueError("build_detection_test_loader needs a cfg and dataset_name, or a dataset")
     ds = _as_dataset(dataset, mapper)

@@ -86,8 +86,7 @@ class Metadata(types.SimpleNamespace):
     def __getattr__(self, key: str) -> Any:
         keys = [k for k in self.__dict__ if k != "name"]
         raise AttributeError(
-            f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}'. "
-            f"Available keys are {keys}."
+            f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}'. Available keys are {keys}."
         )
 
     def __setattr__(self, key: str, val: Any) -> None:

@@ -74,9 +74,7 @@ class DatasetMapper:
         if cfg is None and (augmentations is None or image_format is None):
             raise ValueError("DatasetMapper needs a cfg, or both augmentations= and image_format=")
         self.is_train = is_train
-        self.augmentations = (
-            list(augmentations) if augmentations is not None else build_augmentation(cfg, is_train)
-        )
+        self.augmentations = list(augmentations) if augmentations is not None else build_augmentation(cfg, is_train)
         self.image_format = image_format if image_format is not None else cfg_get(cfg, "INPUT.FORMAT", "BGR")
         if self.image_format not in ("BGR", "RGB"):
             raise ValueError(f"image_format={self.image_format!r} must be 'BGR' or 'RGB'")

@@ -76,9 +76,7 @@ class ResizeTransform(Transform):
             return img
         t = torch.from_numpy(np.ascontiguousarray(img)).float()
         t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
-        out = F.interpolate(
-            t, size=(self.new_h, self.new_w), mode="bilinear", align_corners=False, antialias=True
-        )
+        out = F.interpolate(t, size=(self.new_h, self.new_w), mode="bilinear", align_corners=False, antialias=True)
         res = out[0].permute(1, 2, 0).numpy() if img.ndim == 3 else out[0, 0].numpy()
         if img.dtype == np.uint8:
             return np.clip(np.rint(res), 0, 255).astype(np.uint8)
@@ -156,9 +154,7 @@ class ResizeShortestEdge:
             raise ValueError(f"sample_style={sample_style!r} must be 'range' or 'choice'")
         lengths = [short_edge_length] * 2 if isinstance(short_edge_length, int) else list(short_edge_length)
         if sample_style == "range" and len(lengths) != 2:
-            raise ValueError(
-                f"short_edge_length={short_edge_length!r} must be two values with 'range' sampling"
-            )
+            raise ValueError(f"short_edge_length={short_edge_length!r} must be two values with 'range' sampling")
         if not lengths or any(int(v) < 0 for v in lengths):
             raise ValueError(f"short_edge_length={short_edge_length!r} must be non-negative ints")
         self.short_edge_length = [int(v) for v in lengths]

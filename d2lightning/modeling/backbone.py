@@ -44,9 +44,7 @@ class ShapesBackbone(nn.Module):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) != 4 or min(widths) < 1 or out_channels < 1:
-            raise ValueError(
-                f"widths={widths} must be 4 positive ints and out_channels={out_channels} positive"
-            )
+            raise ValueError(f"widths={widths} must be 4 positive ints and out_channels={out_channels} positive")
         w1, w2, w3, w4 = widths
         self.stem = conv_bn_relu(3, w1, 2)
         self.stage2 = nn.Sequential(conv_bn_relu(w1, w2, 2), conv_bn_relu(w2, w2))

@@ -58,8 +58,7 @@ class Registry:
         """
         if name not in self._obj_map:
             raise KeyError(
-                f"No object named '{name}' found in '{self._name}' registry! "
-                f"Registered names: {sorted(self._obj_map)}"
+                f"No object named '{name}' found in '{self._name}' registry! Registered names: {sorted(self._obj_map)}"
             )
         return self._obj_map[name]
 

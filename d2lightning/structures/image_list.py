@@ -40,9 +40,7 @@ class ImageList:
         return self.tensor.device
 
     @staticmethod
-    def from_tensors(
-        tensors: Sequence[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0
-    ) -> ImageList:
+    def from_tensors(tensors: Sequence[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0) -> ImageList:
         """Pad ``(C, Hi, Wi)`` tensors at the bottom/right to a common size and stack them.
 
         Mirrors detectron2 ``ImageList.from_tensors``: with ``size_divisibility > 1`` the common height and
@@ -55,9 +53,7 @@ class ImageList:
             raise ValueError("ImageList.from_tensors needs at least one tensor")
         lead = tensors[0].shape[:-2]
         if any(t.shape[:-2] != lead for t in tensors):
-            raise ValueError(
-                f"tensors must share their leading dims, got {[tuple(t.shape) for t in tensors]}"
-            )
+            raise ValueError(f"tensors must share their leading dims, got {[tuple(t.shape) for t in tensors]}")
         sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
         if size_divisibility > 1:

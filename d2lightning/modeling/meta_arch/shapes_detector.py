@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2lightning.config import extend_defaults
 from d2lightning.data._cfg import cfg_get
 from d2lightning.modeling import centernet
 from d2lightning.modeling.backbone import ShapesBackbone
 from d2lightning.modeling.meta_arch.build import META_ARCH_REGISTRY
 from d2lightning.modeling.postprocessing import detector_postprocess
 from d2lightning.structures import Boxes, ImageList, Instances
+from d2lightning.utils.events import get_event_storage, has_event_storage
 
 __all__ = ["SHAPES_DETECTOR_DEFAULTS", "ShapesDetector"]
 
@@ -40,7 +42,9 @@ SHAPES_DETECTOR_DEFAULTS: dict[str, Any] = {
         }
     }
 }
-"""Config keys of this model, with their defaults, for ``d2lightning.config`` to merge into its defaults."""
+"""Config keys of this model and their defaults; added to ``get_cfg()``'s defaults when this module is imported."""
+
+extend_defaults(SHAPES_DETECTOR_DEFAULTS, source="ShapesDetector")
 
 _KEY = "MODEL.SHAPES_DETECTOR."
 _PRIOR_BIAS = -2.19  # sigmoid(-2.19) = 0.1, CenterNet's heatmap initialisation
@@ -50,25 +54,8 @@ def _opt(cfg: Any, name: str) -> Any:
     return cfg_get(cfg, _KEY + name, SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"][name])
 
 
-def _current_storage() -> Any:
-    """The active detectron2-style EventStorage, or None (also without ``d2lightning.utils.events``)."""
-    try:
-        from d2lightning.utils import events  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    stack = getattr(events, "_CURRENT_STORAGE_STACK", None)
-    if stack is not None:
-        return stack[-1] if stack else None
-    try:
-        return events.get_event_storage()
-    except (AssertionError, RuntimeError, IndexError):
-        return None
-
-
 def _head(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_mid, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c_mid, c_out, 1)
-    )
+    return nn.Sequential(nn.Conv2d(c_in, c_mid, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c_mid, c_out, 1))
 
 
 @META_ARCH_REGISTRY.register()
@@ -91,9 +78,7 @@ class ShapesDetector(nn.Module):
         mean = [float(v) for v in cfg_get(cfg, "MODEL.PIXEL_MEAN", [103.530, 116.280, 123.675])]
         std = [float(v) for v in cfg_get(cfg, "MODEL.PIXEL_STD", [1.0, 1.0, 1.0])]
         if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0:
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN={mean} and MODEL.PIXEL_STD={std} must be 3 values, std non-zero"
-            )
+            raise ValueError(f"MODEL.PIXEL_MEAN={mean} and MODEL.PIXEL_STD={std} must be 3 values, std non-zero")
         self.input_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
         if self.input_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT={self.input_format!r} must be 'BGR' or 'RGB'")
@@ -118,9 +103,7 @@ class ShapesDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise ``(x - PIXEL_MEAN) / PIXEL_STD`` and pad into a batch divisible by 16."""
-        images = [
-            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
+        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def _predict(self, images: ImageList) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +134,7 @@ class ShapesDetector(nn.Module):
             results.append({"instances": detector_postprocess(inst, x.get("height", h), x.get("width", w))})
         return results
 
-    def losses(
-        self, logits: torch.Tensor, ltrb: torch.Tensor, gt: list[Instances]
-    ) -> dict[str, torch.Tensor]:
+    def losses(self, logits: torch.Tensor, ltrb: torch.Tensor, gt: list[Instances]) -> dict[str, torch.Tensor]:
         """``loss_heatmap`` (focal) and ``loss_box`` (GIoU) of a batch against its ground truth."""
         stride = self.backbone.stride
         targets = [
@@ -174,8 +155,8 @@ class ShapesDetector(nn.Module):
         fg = box_w > 0
         loss_heatmap = centernet.focal_loss(logits, heat) * self.heatmap_weight
         loss_box = centernet.giou_loss(pred[fg], box_t[fg], box_w[fg]) * self.box_weight
-        storage = _current_storage()
-        if storage is not None:
+        if has_event_storage():  # as detectron2 models, report to the running trainer's storage
+            storage = get_event_storage()
             with torch.no_grad():
                 peak_scores = torch.sigmoid(logits)[heat.eq(1)]
             storage.put_scalar("shapes_detector/num_gt_per_image", sum(len(g) for g in gt) / len(gt))
