@@ -72,7 +72,7 @@ def test_amp_trainer_grad_scaler_is_restored_by_fit_ckpt_path(tmp_path: Path) ->
     fit("lightning", reference, hooks_ref, MAX_ITER)
     saved = torch.load(tmp_path / "model_0000004.pth", weights_only=True)
     assert saved["d2_trainer"]["grad_scaler"]["scale"] == 2.0**9  # grown once per step
-    assert sorted(saved["d2_trainer"]) == ["grad_scaler", "iteration", "optimizer"]
+    assert sorted(saved["d2_trainer"]) == ["grad_scaler", "iteration", "optimizer", "rng"]
 
     resumed, hooks_res = build(tmp_path, 5, AMPTrainer, precision=torch.bfloat16, grad_scaler=scaler())
     scales: list[float] = []

@@ -20,16 +20,20 @@ from d2lightning.utils.logger import setup_logger
 def _restore_loggers() -> Iterator[None]:
     """default_setup configures loggers process-wide (no propagation); undo it for the other tests."""
     names = ("d2lightning", "lightning.pytorch")
-    saved = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    saved = {
+        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers), logging.getLogger(n).level)
+        for n in names
+    }
     yield
     setup_logger.cache_clear()
-    for n, (propagate, handlers) in saved.items():
+    for n, (propagate, handlers, level) in saved.items():
         lg = logging.getLogger(n)
         for h in lg.handlers:
             if h not in handlers:
                 h.close()
         lg.handlers = handlers
         lg.propagate = propagate
+        lg.setLevel(level)
 
 
 def test_default_setup_writes_config_log_and_seeds(tmp_path: Path) -> None:
@@ -70,3 +74,17 @@ def test_default_writers(tmp_path: Path) -> None:
     assert (tmp_path / "w" / "metrics.json").exists()
     for w in writers:
         w.close()
+
+
+def test_rng_states_round_trip_through_a_safe_torch_save(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from d2lightning.utils.env import get_rng_states, set_rng_states
+
+    states = get_rng_states()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    torch.save(states, tmp_path / "rng.pt")
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

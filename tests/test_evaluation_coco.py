@@ -70,9 +70,7 @@ def gt_dicts(bbox_mode: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def instances(
-    boxes: Sequence[Sequence[float]], scores: Sequence[float], classes: Sequence[int]
-) -> SimpleNamespace:
+def instances(boxes: Sequence[Sequence[float]], scores: Sequence[float], classes: Sequence[int]) -> SimpleNamespace:
     """A stand-in for detectron2 ``Instances`` (no ``.to``): pred_boxes.tensor, scores, pred_classes."""
     return SimpleNamespace(
         pred_boxes=SimpleNamespace(tensor=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
@@ -188,9 +186,7 @@ def test_through_inference_on_dataset() -> None:
 
 
 def test_output_dir_files(tmp_path: Any) -> None:
-    evaluator = COCOEvaluator(
-        "toy", output_dir=str(tmp_path / "out"), gt_dicts=gt_dicts(), class_names=CLASSES
-    )
+    evaluator = COCOEvaluator("toy", output_dir=str(tmp_path / "out"), gt_dicts=gt_dicts(), class_names=CLASSES)
     run(evaluator)
     coco_results = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
     assert [(r["image_id"], r["category_id"], r["bbox"]) for r in coco_results] == [

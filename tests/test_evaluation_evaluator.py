@@ -154,9 +154,7 @@ def test_evaluator_list_is_merged() -> None:
 
 
 def test_duplicate_result_keys_raise_naming_the_key() -> None:
-    evaluators = DatasetEvaluators(
-        [RecordingEvaluator([], {"bbox": {}}), RecordingEvaluator([], {"bbox": {}})]
-    )
+    evaluators = DatasetEvaluators([RecordingEvaluator([], {"bbox": {}}), RecordingEvaluator([], {"bbox": {}})])
     with pytest.raises(ValueError, match="same key 'bbox'"):
         evaluators.evaluate()
 
@@ -191,9 +189,7 @@ def test_base_evaluator_returns_empty_dict_through_inference() -> None:
     assert inference_on_dataset(RecordingModel(), [[1]], DatasetEvaluator()) == {}
 
 
-def _timed_run(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, n: int, tick: float
-) -> list[str]:
+def _timed_run(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, n: int, tick: float) -> list[str]:
     clock = FakeClock()
     monkeypatch.setattr(evaluator_module, "time", SimpleNamespace(perf_counter=clock.perf_counter))
 

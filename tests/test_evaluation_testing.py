@@ -60,9 +60,7 @@ def test_verify_results_passes_within_tolerance(kind: str, caplog: pytest.LogCap
         (["segm", "AP", 1.0, 1.0], "task 'segm' is missing"),
     ],
 )
-def test_verify_results_fails_and_logs(
-    entry: list[Any], reason: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_verify_results_fails_and_logs(entry: list[Any], reason: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger=LOGGER):
         assert verify_results(_cfg([entry], "dict"), RESULTS) is False
     messages = _messages(caplog)

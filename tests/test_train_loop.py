@@ -456,7 +456,7 @@ def test_state_dict_round_trip_keys_hooks_by_qualname() -> None:
     qualname = Stateful.__qualname__
     assert sd["iteration"] == 3
     assert sd["hooks"] == {qualname: {"value": 5}}
-    assert set(sd) == {"iteration", "hooks", "optimizer"}
+    assert set(sd) == {"iteration", "hooks", "optimizer", "rng"}
 
     fresh_model = SimpleModel()
     fresh = SimpleTrainer(fresh_model, infinite_loader(), torch.optim.SGD(fresh_model.parameters(), 0.1, momentum=0.9))

@@ -102,6 +102,20 @@ class _ToIterableDataset(IterableDataset):
             yield self.dataset[idx]
 
 
+class _BatchDataLoader(DataLoader):
+    """The train loader: a DataLoader that can start at a given iteration (d2lightning's exact resume)."""
+
+    def set_start_iteration(self, iteration: int) -> None:
+        """Start the next pass over the stream at ``iteration`` (batches before it are skipped, unloaded).
+
+        A no-op when the sampler cannot seek (a user sampler without ``set_start``).
+        """
+        sampler = self.dataset.sampler  # type: ignore[attr-defined]
+        seek = getattr(sampler, "set_start", None)
+        if callable(seek):
+            seek(iteration * int(self.batch_size or 1))
+
+
 def build_batch_data_loader(
     dataset: Dataset,
     sampler: Sampler,
@@ -121,7 +135,7 @@ def build_batch_data_loader(
         raise ValueError(f"Total batch size ({total_batch_size}) must be divisible by the number of gpus ({world}).")
     batch_size = total_batch_size // world
     logger.info("Making batched data loader with batch_size=%d", batch_size)
-    return DataLoader(
+    return _BatchDataLoader(
         _ToIterableDataset(dataset, sampler, batch_size),
         batch_size=batch_size,
         drop_last=True,

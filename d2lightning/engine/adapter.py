@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from d2lightning._compat import check_detectron2_hooks, unshare_storage
+from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 
 if TYPE_CHECKING:
@@ -112,12 +113,24 @@ class LightningRun:
         self.storage = EventStorage(gs).__enter__()
         owner.storage = self.storage
         _ACTIVE_RUN = self
+        self._resume_streams(gs)
         # D2LightningModule brings a callback that closes the run; with any other module the last of our
         # hook callbacks does it.
         callbacks = self.pl_trainer.callbacks  # type: ignore[attr-defined]
         if not any(getattr(cb, "_closes_runs", False) for cb in callbacks):
             ours = [cb for cb in callbacks if isinstance(cb, _D2Callback)]
             self._closer = ours[-1] if ours else None
+
+    def _resume_streams(self, start_iter: int) -> None:
+        """Continue exactly where a resumed run stopped: restore saved RNG states, seek the train loader."""
+        owner = self.owner
+        rng = getattr(owner, "_pending_rng_states", None)
+        if rng is not None:
+            set_rng_states(rng)
+            owner._pending_rng_states = None
+        seek = getattr(getattr(owner, "data_loader", None), "set_start_iteration", None)
+        if start_iter > 0 and callable(seek):
+            seek(start_iter)
 
     def before_step(self, global_step: int) -> None:
         """Start iteration ``global_step`` (idempotent): ``iter`` and ``storage.iter`` take its value."""

@@ -109,7 +109,9 @@ class DefaultTrainer(TrainerBase):
         ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
         if comm.is_main_process():
             max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep))
+            ret.append(
+                hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep)
+            )
 
         def test_and_save_results() -> Any:
             self._last_eval_results = self.test(self.cfg, self.model)
@@ -145,7 +147,9 @@ class DefaultTrainer(TrainerBase):
 
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
+        inner = self._trainer.state_dict()
+        inner.pop("rng", None)  # saved once, at the top
+        ret["_trainer"] = inner
         return ret
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -272,16 +276,17 @@ class DefaultTrainer(TrainerBase):
                 f"SOLVER.REFERENCE_WORLD_SIZE={old_world_size}"
             )
         scale = num_workers / old_world_size
-        cfg.SOLVER.IMS_PER_BATCH = bs = int(round(cfg.SOLVER.IMS_PER_BATCH * scale))
+        cfg.SOLVER.IMS_PER_BATCH = bs = round(cfg.SOLVER.IMS_PER_BATCH * scale)
         cfg.SOLVER.BASE_LR = lr = cfg.SOLVER.BASE_LR * scale
-        cfg.SOLVER.MAX_ITER = max_iter = int(round(cfg.SOLVER.MAX_ITER / scale))
-        cfg.SOLVER.WARMUP_ITERS = warmup_iter = int(round(cfg.SOLVER.WARMUP_ITERS / scale))
-        cfg.SOLVER.STEPS = tuple(int(round(s / scale)) for s in cfg.SOLVER.STEPS)
-        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
-        cfg.SOLVER.CHECKPOINT_PERIOD = int(round(cfg.SOLVER.CHECKPOINT_PERIOD / scale))
+        cfg.SOLVER.MAX_ITER = max_iter = round(cfg.SOLVER.MAX_ITER / scale)
+        cfg.SOLVER.WARMUP_ITERS = warmup_iter = round(cfg.SOLVER.WARMUP_ITERS / scale)
+        cfg.SOLVER.STEPS = tuple(round(s / scale) for s in cfg.SOLVER.STEPS)
+        cfg.TEST.EVAL_PERIOD = round(cfg.TEST.EVAL_PERIOD / scale)
+        cfg.SOLVER.CHECKPOINT_PERIOD = round(cfg.SOLVER.CHECKPOINT_PERIOD / scale)
         cfg.SOLVER.REFERENCE_WORLD_SIZE = num_workers
         logger.info(
-            f"Auto-scaling the config to batch_size={bs}, learning_rate={lr}, max_iter={max_iter}, warmup={warmup_iter}."
+            f"Auto-scaling the config to batch_size={bs}, learning_rate={lr}, max_iter={max_iter}, "
+            f"warmup={warmup_iter}."
         )
         if frozen:
             cfg.freeze()

@@ -1,7 +1,7 @@
 """Common training-script boilerplate with detectron2's names (``detectron2.engine.defaults``).
 
-``default_argument_parser``, ``default_setup`` and ``default_writers`` (``DefaultPredictor`` and
-``DefaultTrainer`` join them later).
+``default_argument_parser``, ``default_setup`` and ``default_writers`` live here; ``DefaultTrainer`` and
+``DefaultPredictor`` (in their own modules) are importable from here too, as in detectron2.
 """
 
 from __future__ import annotations
@@ -133,7 +133,6 @@ def default_setup(cfg: Any, args: Any) -> None:
     rank = comm.get_rank()
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
-    setup_logger(output_dir, distributed_rank=rank, name="lightning.pytorch", abbrev_name="pl")
     logger = setup_logger(output_dir, distributed_rank=rank)
     logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
     logger.info("Environment info:\n" + collect_env_info())
@@ -177,3 +176,17 @@ def default_writers(output_dir: str, max_iter: int | None = None) -> list[EventW
         JSONWriter(os.path.join(output_dir, "metrics.json")),
         TensorboardXWriter(output_dir),
     ]
+
+
+def __getattr__(name: str) -> object:
+    # detectron2 users write `from detectron2.engine.defaults import DefaultTrainer`; the classes live in their
+    # own modules (which import this one), so they are resolved lazily.
+    if name == "DefaultTrainer":
+        from d2lightning.engine.default_trainer import DefaultTrainer
+
+        return DefaultTrainer
+    if name == "DefaultPredictor":
+        from d2lightning.engine.predictor import DefaultPredictor
+
+        return DefaultPredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from d2lightning.engine.adapter import HOOK_METHODS, LightningRun, _D2Callback, current_run
 from d2lightning.utils import comm
+from d2lightning.utils.env import get_rng_states
 from d2lightning.utils.events import EventStorage, get_event_storage
 
 __all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]
@@ -103,6 +104,7 @@ class TrainerBase:
         self.lightning_kwargs: dict[str, Any] = {}
         self.lightning_trainer: Any = None
         self._lightning_run: LightningRun | None = None
+        self._pending_rng_states: dict[str, Any] | None = None
 
     def register_hooks(self, hooks: Iterable[Any | None]) -> None:
         """Register hooks, appended after those already registered; ``None`` entries are dropped.
@@ -212,11 +214,18 @@ class TrainerBase:
                 hooks_state[name] = sd
         if hooks_state:
             ret["hooks"] = hooks_state
+        # d2lightning: the RNG states, so that a resumed run draws the same random numbers as an uninterrupted
+        # one (detectron2 ignores the key when loading).
+        ret["rng"] = get_rng_states()
         return ret
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore ``iter`` and give each saved hook state to the first hook of the same class qualname."""
+        """Restore ``iter`` and give each saved hook state to the first hook of the same class qualname.
+
+        Saved RNG states are applied when training starts (after Lightning has set up), not here.
+        """
         self.iter = state_dict["iteration"]
+        self._pending_rng_states = state_dict.get("rng")
         for key, value in state_dict.get("hooks", {}).items():
             for h in self._hooks:
                 if type(h).__qualname__ == key:

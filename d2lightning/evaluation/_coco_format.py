@@ -33,8 +33,7 @@ def xywh_box(bbox: Any, bbox_mode: Any) -> list[float]:
         x0, y0, x1, y1 = values
         return [x0, y0, x1 - x0, y1 - y0]
     raise ValueError(
-        f"annotation bbox_mode={bbox_mode!r} is not supported; "
-        "use BoxMode.XYXY_ABS (0) or BoxMode.XYWH_ABS (1)"
+        f"annotation bbox_mode={bbox_mode!r} is not supported; use BoxMode.XYXY_ABS (0) or BoxMode.XYWH_ABS (1)"
     )
 
 
@@ -65,9 +64,7 @@ def _annotation_area(annotation: Mapping[str, Any], xywh: list[float], height: i
     raise TypeError(f"Unknown segmentation type {type(segmentation).__name__}!")
 
 
-def dataset_to_coco_dict(
-    dataset_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str]
-) -> dict[str, Any]:
+def dataset_to_coco_dict(dataset_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """Build a COCO ground-truth dict (images, annotations, categories) from detectron2 dataset dicts.
 
     Category ids are detectron2's contiguous ids ``0..K-1``; ``image_id`` defaults to the index of the dict;

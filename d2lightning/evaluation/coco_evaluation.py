@@ -138,9 +138,7 @@ class COCOEvaluator(DatasetEvaluator):
         if not isinstance(dataset_name, str):
             raise TypeError(f"dataset_name must be a str, got {type(dataset_name).__name__}")
         if max_dets_per_image is not None and (
-            isinstance(max_dets_per_image, bool)
-            or not isinstance(max_dets_per_image, int)
-            or max_dets_per_image < 1
+            isinstance(max_dets_per_image, bool) or not isinstance(max_dets_per_image, int) or max_dets_per_image < 1
         ):
             raise ValueError(f"max_dets_per_image must be None or a positive int, got {max_dets_per_image!r}")
         self._dataset_name = dataset_name
@@ -265,9 +263,7 @@ class COCOEvaluator(DatasetEvaluator):
         with open(path, "w") as f:
             json.dump(coco_results, f)
 
-    def _derive_results(
-        self, coco_results: list[dict[str, Any]], img_ids: Sequence[Any] | None
-    ) -> dict[str, float]:
+    def _derive_results(self, coco_results: list[dict[str, Any]], img_ids: Sequence[Any] | None) -> dict[str, float]:
         if not coco_results:  # the COCO API cannot load empty results
             logger.warning("No predictions from the model!")
             return {metric: float("nan") for metric in BOX_METRICS}
@@ -286,8 +282,7 @@ class COCOEvaluator(DatasetEvaluator):
         if self._class_names is None or len(self._class_names) <= 1:
             return results
         per_class = {
-            f"AP-{name}": _mean_precision(precision[:, :, idx, 0, -1])
-            for idx, name in enumerate(self._class_names)
+            f"AP-{name}": _mean_precision(precision[:, :, idx, 0, -1]) for idx, name in enumerate(self._class_names)
         }
         logger.info("Per-category bbox AP: \n" + _small_table(per_class))
         results.update(per_class)

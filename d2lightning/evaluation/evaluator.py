@@ -151,9 +151,7 @@ def _check_callbacks(callbacks: Mapping[str, Callable[[], Any]] | None) -> Mappi
         raise TypeError(f"callbacks must be a dict of callables or None, got {type(callbacks).__name__}")
     for key, fn in callbacks.items():
         if key not in CALLBACK_NAMES:
-            raise ValueError(
-                f"callbacks has unknown key {key!r}; accepted keys are {', '.join(CALLBACK_NAMES)}"
-            )
+            raise ValueError(f"callbacks has unknown key {key!r}; accepted keys are {', '.join(CALLBACK_NAMES)}")
         if not callable(fn):
             raise TypeError(f"callbacks[{key!r}] must be callable, got {type(fn).__name__}")
     return callbacks

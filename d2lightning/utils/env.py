@@ -7,10 +7,11 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 
 import torch
 
-__all__ = ["collect_env_info", "seed_all_rng"]
+__all__ = ["collect_env_info", "get_rng_states", "seed_all_rng", "set_rng_states"]
 
 
 def _installed_version(dist: str) -> str:
@@ -64,3 +65,39 @@ def collect_env_info() -> str:
     rows.append(("detectron2", _installed_version("detectron2")))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def get_rng_states() -> dict[str, Any]:
+    """The states of Python's ``random``, numpy's global RNG and torch's CPU (and CUDA) generators."""
+    import random
+
+    import numpy as np
+
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_safe(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_states` returned (CUDA states only when CUDA is in use)."""
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.asarray(keys.numpy(), dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _numpy_state_to_safe(state: Any) -> tuple[str, torch.Tensor, int, int, float]:
+    """numpy's state with its key array as a tensor: loadable by ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, gauss = state
+    return str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)

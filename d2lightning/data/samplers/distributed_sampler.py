@@ -65,9 +65,20 @@ class TrainingSampler(Sampler[int]):
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _rank_and_world(rank, world_size)
+        self._start = 0
 
     def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+        start = self._start * self._world_size + self._rank
+        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+
+    def set_start(self, num_items: int) -> None:
+        """Make the next iteration start after this rank's first ``num_items`` items (exact resume).
+
+        d2lightning extension: only indices are skipped, no data is loaded.
+        """
+        if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 0:
+            raise ValueError(f"num_items must be an int >= 0, got {num_items!r}")
+        self._start = num_items
 
     def _infinite_indices(self) -> Iterator[int]:
         g = torch.Generator()

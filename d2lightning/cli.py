@@ -1,0 +1,156 @@
+"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``.
+
+``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning: the same options
+(``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
+evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes or machines. User errors (a bad
+config, an unknown dataset, an unreadable image...) end with one clear message and exit code 1, not a traceback
+(set ``D2L_DEBUG=1`` to get it).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Several processes share few cores on CPU machines: busy-waiting OpenMP threads then slow everything
+# down many times over. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+logger = logging.getLogger("d2lightning.cli")
+
+
+def _trainer_class() -> Any:
+    from d2lightning.engine import DefaultTrainer
+    from d2lightning.evaluation import COCOEvaluator
+
+    class Trainer(DefaultTrainer):
+        """``DefaultTrainer`` with the COCO-style box evaluator (detectron2's ``train_net.Trainer``)."""
+
+        @classmethod
+        def build_evaluator(cls, cfg: Any, dataset_name: str) -> Any:
+            return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+    return Trainer
+
+
+def setup(args: argparse.Namespace) -> Any:
+    """Load the config file, apply the overrides, freeze, and run ``default_setup``."""
+    from d2lightning.config import apply_overrides, get_cfg
+    from d2lightning.engine import default_setup
+
+    if not args.config_file:
+        raise ValueError("--config-file is required (e.g. configs/shapes_detector.yaml)")
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    apply_overrides(cfg, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One process of ``d2lightning train``; returns the last evaluation results."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.evaluation import verify_results
+    from d2lightning.utils import comm
+
+    cfg = setup(args)
+    trainer_cls = _trainer_class()
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer_cls.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+    else:
+        trainer = trainer_cls(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.is_main_process() and results:
+        _print_final_table(results)
+    return results
+
+
+def _print_final_table(results: dict[str, Any]) -> None:
+    from d2lightning.evaluation import flatten_results_dict
+
+    flat = flatten_results_dict(results)
+    width = max(len(k) for k in flat)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+    lines += [f"{k.ljust(width)}  {v:6.2f}" for k, v in flat.items()]
+    print("\nFinal evaluation results (box AP, percent):\n" + "\n".join(lines), flush=True)
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from d2lightning.engine import launch
+
+    launch(
+        train_main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return 0
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    from d2lightning.predict import predict_image
+
+    predict_image(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``d2lightning`` argument parser with its subcommands."""
+    from d2lightning.engine.defaults import default_argument_parser
+
+    parser = argparse.ArgumentParser(prog="d2lightning", description="detectron2's training engine on Lightning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train",
+        parents=[default_argument_parser()],
+        add_help=False,
+        help="train (or with --eval-only evaluate) a model from a config file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.set_defaults(func=_train_command)
+    evaluate = sub.add_parser(
+        "eval", parents=[default_argument_parser()], add_help=False, help="evaluate MODEL.WEIGHTS (or --resume)"
+    )
+    evaluate.set_defaults(func=_train_command, eval_only=True)
+    predict = sub.add_parser("predict", help="draw a model's predictions on an image")
+    predict.add_argument("--config-file", required=True, metavar="FILE")
+    predict.add_argument("--input", required=True, help="an image file")
+    predict.add_argument("--output", required=True, help="where to write the image with boxes drawn")
+    predict.add_argument("--confidence-threshold", type=float, default=0.5)
+    predict.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE or a.b=c)")
+    predict.set_defaults(func=_predict_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if os.environ.get("D2L_DEBUG"):
+        return int(args.func(args))
+    from d2lightning.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, KeyError, ValueError, TypeError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"d2lightning {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
