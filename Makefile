@@ -24,7 +24,7 @@ lint: setup
 	$(VENV)/bin/mypy d2lightning
 
 demo: setup
-	$(PY) examples/train_simple.py
+	$(VENV)/bin/d2lightning train --config-file configs/shapes_detector.yaml
 
 bench: setup
 	$(PY) bench/overhead.py
