@@ -2,7 +2,8 @@
 
 Same construction order, hooks (in ``build_hooks`` order), checkpoint layout, ``resume_or_load`` and
 overridable class-method factories as detectron2. The config's ``LIGHTNING`` section adds what only Lightning has
-(precision, loggers, callbacks, strategy...).
+(precision, loggers, callbacks, strategy...). Given a detectron2 ``CfgNode``, the factories are detectron2's own
+(see :class:`DefaultTrainer`), so detectron2's ``tools/train_net.py`` runs with only its import changed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from d2lightning import _compat
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import hooks
 from d2lightning.engine.ddp import create_ddp_model
@@ -40,8 +42,19 @@ class DefaultTrainer(TrainerBase):
     ``SOLVER.AMP.ENABLED``), the LR scheduler and a ``DetectionCheckpointer`` on ``OUTPUT_DIR``, then register
     ``build_hooks()``. Call :meth:`resume_or_load` then :meth:`train`.
 
+    With a detectron2 ``CfgNode`` (``detectron2.config.get_cfg()``, model-zoo files included) the model, optimizer,
+    LR scheduler, train/test loaders and checkpointer are detectron2's (``build_model``, ``build_optimizer``,
+    ``build_lr_scheduler``, ``build_detection_train_loader``/``build_detection_test_loader``,
+    ``DetectionCheckpointer``), detectron2's logger is set up as its trainer does, and ``MODEL.DEVICE`` selects
+    Lightning's accelerator. The hooks, loop and writers are d2lightning's, with detectron2's iterations, file
+    names and metrics.
+
     Args:
-        cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names).
+        cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names), or a detectron2
+            ``CfgNode``.
+
+    Raises:
+        ImportError: for a detectron2 ``CfgNode`` when detectron2 is not installed.
 
     Attributes:
         cfg, model, optimizer, data_loader, scheduler, checkpointer, start_iter, max_iter: as detectron2's.
@@ -55,6 +68,10 @@ class DefaultTrainer(TrainerBase):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
+        from_detectron2 = _compat.is_detectron2_cfg(cfg)
+        if from_detectron2:
+            _compat.require_detectron2("DefaultTrainer with a detectron2 CfgNode")
+            _compat.setup_detectron2_logger()
         if not logging.getLogger("d2lightning").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -71,11 +88,14 @@ class DefaultTrainer(TrainerBase):
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        checkpointer_class = _compat.detectron2_builder("checkpointer") if from_detectron2 else DetectionCheckpointer
+        self.checkpointer = checkpointer_class(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.lightning_kwargs = lightning_kwargs_from_cfg(cfg)
+        self.lightning_kwargs = (
+            _compat.lightning_kwargs_from_detectron2_cfg(cfg) if from_detectron2 else lightning_kwargs_from_cfg(cfg)
+        )
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
 
@@ -159,40 +179,43 @@ class DefaultTrainer(TrainerBase):
     # ------------------------------------------------------------ factories (override in subclasses)
     @classmethod
     def build_model(cls, cfg: Any) -> torch.nn.Module:
-        """``d2lightning.modeling.build_model(cfg)``, logged."""
+        """``d2lightning.modeling.build_model(cfg)`` (detectron2's for a detectron2 config), logged."""
         from d2lightning.modeling import build_model
 
-        model = build_model(cfg)
+        model = _builder(cfg, "build_model", build_model)(cfg)
         logger.info(f"Model:\n{model}")
         return model
 
     @classmethod
     def build_optimizer(cls, cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """``d2lightning.solver.build_optimizer(cfg, model)``."""
+        """``d2lightning.solver.build_optimizer(cfg, model)`` (detectron2's for a detectron2 config)."""
         from d2lightning.solver import build_optimizer
 
-        return build_optimizer(cfg, model)
+        return _builder(cfg, "build_optimizer", build_optimizer)(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> Any:
-        """``d2lightning.solver.build_lr_scheduler(cfg, optimizer)``."""
+        """``d2lightning.solver.build_lr_scheduler(cfg, optimizer)`` (detectron2's for a detectron2 config)."""
         from d2lightning.solver import build_lr_scheduler
 
-        return build_lr_scheduler(cfg, optimizer)
+        return _builder(cfg, "build_lr_scheduler", build_lr_scheduler)(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: Any) -> Any:
-        """``d2lightning.data.build_detection_train_loader(cfg)``: infinite, sharded by rank."""
+        """``d2lightning.data.build_detection_train_loader(cfg)`` (detectron2's for a detectron2 config).
+
+        The loader is infinite and sharded by rank.
+        """
         from d2lightning.data import build_detection_train_loader
 
-        return build_detection_train_loader(cfg)
+        return _builder(cfg, "build_train_loader", build_detection_train_loader)(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
-        """``d2lightning.data.build_detection_test_loader(cfg, dataset_name)``."""
+        """``d2lightning.data.build_detection_test_loader(cfg, dataset_name)`` (detectron2's for a detectron2 cfg)."""
         from d2lightning.data import build_detection_test_loader
 
-        return build_detection_test_loader(cfg, dataset_name)
+        return _builder(cfg, "build_test_loader", build_detection_test_loader)(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str) -> DatasetEvaluator:
@@ -218,8 +241,8 @@ class DefaultTrainer(TrainerBase):
         Raises:
             ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``.
         """
-        if isinstance(evaluators, DatasetEvaluator):
-            evaluators = [evaluators]
+        if isinstance(evaluators, DatasetEvaluator) or callable(getattr(evaluators, "process", None)):
+            evaluators = [evaluators]  # type: ignore[list-item]  # one evaluator (detectron2's too), not a list
         if evaluators is not None and len(cfg.DATASETS.TEST) != len(evaluators):
             raise ValueError(
                 f"{len(cfg.DATASETS.TEST)} test datasets (DATASETS.TEST) but {len(evaluators)} evaluators given"
@@ -316,3 +339,8 @@ class DefaultTrainer(TrainerBase):
     @optimizer.setter
     def optimizer(self, value: torch.optim.Optimizer) -> None:
         self._trainer.optimizer = value
+
+
+def _builder(cfg: Any, role: str, own: Any) -> Any:
+    """``own``, or detectron2's builder for ``role`` when ``cfg`` is a detectron2 ``CfgNode``."""
+    return _compat.detectron2_builder(role) if _compat.is_detectron2_cfg(cfg) else own
