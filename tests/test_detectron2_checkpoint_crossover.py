@@ -235,9 +235,18 @@ EXPECTED_MESSAGES = [
 ]
 
 
-def _load_messages(
-    checkpointer_class: Callable[..., Any], path: Path, logger: str, caplog: pytest.LogCaptureFixture
-) -> list[str]:
+class _Collect(logging.Handler):
+    """Collects the messages of one logger directly (whatever its propagation, which setup_logger turns off)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(_ANSI.sub("", record.getMessage()))
+
+
+def _load_messages(checkpointer_class: Callable[..., Any], path: Path, logger_name: str) -> list[str]:
     model = small_rcnn(
         overrides=[
             "MODEL.ROI_HEADS.NUM_CLASSES",
@@ -248,16 +257,17 @@ def _load_messages(
             "1",
         ]
     )
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger=logger):
+    logger, collect = logging.getLogger(logger_name), _Collect()
+    logger.addHandler(collect)
+    try:
         checkpointer_class(model).load(str(path))
-    return [_ANSI.sub("", r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        logger.removeHandler(collect)
+    return collect.messages
 
 
 @pytest.mark.parametrize("writer", LIBRARIES)
-def test_incompatible_checkpoint_messages_are_detectron2s(
-    writer: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_incompatible_checkpoint_messages_are_detectron2s(writer: str, tmp_path: Path) -> None:
     from detectron2.checkpoint import DetectionCheckpointer as D2Checkpointer
 
     from d2lightning.checkpoint import DetectionCheckpointer
@@ -265,6 +275,6 @@ def test_incompatible_checkpoint_messages_are_detectron2s(
     writer_class = D2Checkpointer if writer == "detectron2" else DetectionCheckpointer
     writer_class(small_rcnn(), save_dir=str(tmp_path)).save("model_0000009", iteration=9)
     path = tmp_path / "model_0000009.pth"
-    ours = _load_messages(DetectionCheckpointer, path, "d2lightning.checkpoint", caplog)
-    theirs = _load_messages(D2Checkpointer, path, "fvcore.common.checkpoint", caplog)
+    ours = _load_messages(DetectionCheckpointer, path, "d2lightning.checkpoint.checkpointer")
+    theirs = _load_messages(D2Checkpointer, path, "fvcore.common.checkpoint")
     assert ours == theirs == EXPECTED_MESSAGES

@@ -88,6 +88,7 @@ def detectron2_run(datasets: None, tmp_path_factory: pytest.TempPathFactory) -> 
 # ---------------------------------------------------------------- with a real detectron2
 @requires_detectron2
 @needs_train_net
+@pytest.mark.slow
 def test_detectron2_reference_run_is_sane(detectron2_run: Path) -> None:
     assert _files(detectron2_run) == sorted([*RUN_FILES, "config.yaml", "log.txt"])
     lines = metrics_lines(detectron2_run / "metrics.json")
@@ -99,6 +100,7 @@ def test_detectron2_reference_run_is_sane(detectron2_run: Path) -> None:
 
 @requires_detectron2
 @needs_train_net
+@pytest.mark.slow
 def test_train_net_runs_on_d2lightning_with_only_its_import_changed(detectron2_run: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "run"
     run_train_net(_argv(output_dir), d2lightning_engine=True)
@@ -118,6 +120,7 @@ def test_train_net_runs_on_d2lightning_with_only_its_import_changed(detectron2_r
 
 @requires_detectron2
 @needs_train_net
+@pytest.mark.slow
 def test_default_trainer_builds_with_detectron2s_factories(detectron2_run: Path, tmp_path: Path) -> None:
     from detectron2.evaluation import COCOEvaluator
     from lightning.pytorch.accelerators import CPUAccelerator
