@@ -50,8 +50,13 @@ TINY_OPTS = [
 """Overrides turning the demo config into the tiny one (``OUTPUT_DIR`` still to be set)."""
 
 
+DEMO_VAL_SUBSET = "shapes_val_first8"
+"""The first 8 images of the demo's ``shapes_val`` split."""
+
+
 def register_tiny_datasets() -> None:
-    """Register the tiny train split (16 images) and two validation splits (4 and 2 images), once."""
+    """Register the tiny train split (16 images), two validation splits (4 and 2 images) and
+    :data:`DEMO_VAL_SUBSET`, once."""
     for name, spec, n in (
         (TINY_TRAIN, TINY_SPEC, 16),
         (TINY_VAL, ShapesSpec(**{**TINY_SPEC.__dict__, "seed": 6}), 4),
@@ -59,6 +64,10 @@ def register_tiny_datasets() -> None:
     ):
         if name not in DatasetCatalog:
             register_shapes(name, spec, n)
+    if DEMO_VAL_SUBSET not in DatasetCatalog:
+        from d2lightning.data.datasets import BUILTIN_SHAPES
+
+        register_shapes(DEMO_VAL_SUBSET, BUILTIN_SHAPES["shapes_val"][0], 8)
 
 
 def tiny_cfg(output_dir: Path | str, *opts: str) -> Any:

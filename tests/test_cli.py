@@ -20,10 +20,13 @@ from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.evaluation import DatasetEvaluator
 from d2lightning.modeling import build_model
 from tests.defaults_helpers import (
+    DEMO_CONFIG,
+    DEMO_VAL_SUBSET,
     REPO,
     TINY_VAL,
     red_square_cfg,
     red_square_image,
+    register_tiny_datasets,
     restore_loggers,
     write_tiny_config,
 )
@@ -66,21 +69,28 @@ def _error_of(capsys: pytest.CaptureFixture[str], argv: list[str], command: str 
 # ---- train --------------------------------------------------------------------------------------------------
 
 
-def test_train_writes_detectron2s_files_and_prints_the_final_table(tmp_path, tiny_config, capsys):
+def test_demo_config_trains_writes_detectron2s_files_and_prints_the_final_table(tmp_path, capsys):
+    """The shipped demo, shortened: 4 iterations, evaluation every 2 on 8 validation images."""
     out = tmp_path / "out"
-    assert cli.main(["train", "--config-file", str(tiny_config), "OUTPUT_DIR", str(out), "SEED", "3"]) == 0
+    register_tiny_datasets()
+    argv = ["train", "--config-file", str(DEMO_CONFIG), "OUTPUT_DIR", str(out)]
+    argv += ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2"]
+    argv += ["TEST.PRECISE_BN.NUM_ITER", "2", "DATASETS.TEST", f"('{DEMO_VAL_SUBSET}',)"]
+    assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
     names = sorted(os.listdir(out))
     assert {"config.yaml", "last_checkpoint", "log.txt", "metrics.json"} <= set(names)
-    assert [n for n in names if n.endswith(".pth")] == ["model_0000002.pth", "model_0000005.pth", "model_final.pth"]
+    assert [n for n in names if n.endswith(".pth")] == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]
     assert len([n for n in names if n.startswith("events.out.tfevents.")]) == 1
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
-    assert "SEED: 3" in (out / "config.yaml").read_text()
+    assert "META_ARCHITECTURE: ShapesDetector" in (out / "config.yaml").read_text()
     log = (out / "log.txt").read_text()
-    assert "Starting training from iteration 0" in log and "Evaluation results for tiny_shapes_val" in log
+    assert "Starting training from iteration 0" in log and f"Evaluation results for {DEMO_VAL_SUBSET}" in log
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    # periodic evaluation after iteration 2, then the final one at iter == max_iter, as in detectron2
-    assert [r["iteration"] for r in records if "bbox/AP" in r] == [2, 6]
+    # evaluation after iteration 1, then the final one at iter == max_iter (detectron2's after_train iteration)
+    assert [r["iteration"] for r in records if "bbox/AP" in r] == [1, 4]
+    assert all("total_loss" in r and "lr" in r for r in records if "bbox/AP" not in r)
+    assert re.search(r"Training: 100%\|[^|]*\| 4/4 \[", stdout)  # the progress bar (on in the demo config)
     assert "Final evaluation results (box AP, percent):" in stdout
     assert re.search(r"^bbox/AP50 +\d+\.\d\d$", stdout, re.MULTILINE)
 
@@ -291,3 +301,16 @@ def test_expected_results_mismatch_fails_train_and_eval(tmp_path, tiny_config, c
     assert _error_of(capsys, [*argv, *expected], "eval") == message
     assert cli.main([*argv, "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 50.0, 50.0]]"]) == 0
     assert "Results verification passed." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_take_detectron2s_arguments(command):
+    from d2lightning.engine import default_argument_parser
+
+    argv = ["--config-file", "c.yaml", "--num-gpus", "2", "SOLVER.MAX_ITER", "10", "SEED=1"]
+    args = vars(cli.build_parser().parse_args([command, *argv]))
+    assert args.pop("command") == command and callable(args.pop("func"))
+    expected = vars(default_argument_parser().parse_args(argv))
+    if command == "eval":
+        expected["eval_only"] = True
+    assert args == expected
