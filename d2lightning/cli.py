@@ -172,9 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_lightning_notices() -> None:
+    """Drop Lightning's advertising tip and two notices that say nothing about the user's run."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    if "SLURM_JOB_ID" not in os.environ:  # outside a Slurm job, the "srun is available" hint is noise
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _quiet_lightning_notices()
     if os.environ.get("D2L_DEBUG"):
         return int(args.func(args))
     from d2lightning.config import ConfigError
