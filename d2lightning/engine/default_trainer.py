@@ -9,6 +9,7 @@ overridable class-method factories as detectron2. The config's ``LIGHTNING`` sec
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,13 @@ from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.defaults import default_writers
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
 from d2lightning.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
-from d2lightning.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format, verify_results
+from d2lightning.evaluation import (
+    DatasetEvaluator,
+    flatten_results_dict,
+    inference_on_dataset,
+    print_csv_format,
+    verify_results,
+)
 from d2lightning.layers.batch_norm import get_bn_modules
 from d2lightning.utils import comm
 from d2lightning.utils.events import EventWriter
@@ -104,13 +111,31 @@ class DefaultTrainer(TrainerBase):
 
         Resuming restores the model, optimizer, scheduler, hook states and iteration, and training continues at
         the iteration after the saved one; ``MODEL.WEIGHTS`` is then ignored. Otherwise only the weights are
-        loaded and training starts at 0.
+        loaded and training starts at 0. Asked to resume from an ``OUTPUT_DIR`` without a checkpoint, it says so
+        in one log line and starts at 0 (from ``MODEL.WEIGHTS`` if set).
         """
-        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        weights = self.cfg.MODEL.WEIGHTS
+        if resume and not self.checkpointer.has_checkpoint():
+            source = f"from MODEL.WEIGHTS={weights}" if weights else "from scratch"
+            logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts at iteration 0, {source}")
+            if not weights:
+                return  # nothing to load: the checkpointer would only log "no checkpoint" once more
+        self.checkpointer.resume_or_load(weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1  # the checkpoint stores the iteration that just finished
-        elif resume:
-            logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts from iteration 0")
+            self._seek_precise_bn_loader()
+
+    def _seek_precise_bn_loader(self) -> None:
+        """Let PreciseBN continue its batch stream where the interrupted run left it (d2lightning's exact resume).
+
+        PreciseBN draws ``TEST.PRECISE_BN.NUM_ITER`` batches after every ``TEST.EVAL_PERIOD``-th iteration; the
+        iterations before ``start_iter`` used ``start_iter // EVAL_PERIOD`` such updates. The built-in train
+        loader can skip them (``set_start_iteration``); other loaders restart, as in detectron2.
+        """
+        seek = getattr(getattr(self, "_precise_bn_loader", None), "set_start_iteration", None)
+        period = self.cfg.TEST.EVAL_PERIOD
+        if callable(seek) and period > 0:
+            seek((self.start_iter // period) * self.cfg.TEST.PRECISE_BN.NUM_ITER)
 
     def build_hooks(self) -> list[Any]:
         """detectron2's default hooks, in this order: IterationTimer, LRScheduler, PreciseBN (if enabled and the
@@ -123,8 +148,9 @@ class DefaultTrainer(TrainerBase):
         cfg.DATALOADER.NUM_WORKERS = 0  # save some memory and time for PreciseBN
         precise_bn = None
         if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            self._precise_bn_loader = self.build_train_loader(cfg)
             precise_bn = hooks.PreciseBN(
-                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER
+                cfg.TEST.EVAL_PERIOD, self.model, self._precise_bn_loader, cfg.TEST.PRECISE_BN.NUM_ITER
             )
         ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
         if comm.is_main_process():
@@ -150,15 +176,21 @@ class DefaultTrainer(TrainerBase):
         """Run training from ``start_iter`` to ``max_iter``.
 
         Returns:
-            The last evaluation results (a dict), or None when no evaluation ran. With
-            ``TEST.EXPECTED_RESULTS`` they are verified on the main process first (detectron2).
+            The last evaluation results (a dict), or None when no evaluation ran (detectron2 returns them only
+            with ``TEST.EXPECTED_RESULTS``).
+
+        Raises:
+            RuntimeError: with ``TEST.EXPECTED_RESULTS`` on the main process, when no evaluation ran.
+            SystemExit: (code 1) when the results do not match ``TEST.EXPECTED_RESULTS`` on the main process,
+                as detectron2's ``verify_results``; the mismatches are logged first.
         """
         super().train(self.start_iter, self.max_iter)
         results = getattr(self, "_last_eval_results", None)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             if results is None:
                 raise RuntimeError("No evaluation results obtained during training!")
-            verify_results(self.cfg, results)
+            if not verify_results(self.cfg, results):
+                sys.exit(1)
         return results
 
     def run_step(self) -> None:
@@ -239,7 +271,9 @@ class DefaultTrainer(TrainerBase):
             ``{dataset_name: results}``, or the results alone when there is a single dataset.
 
         Raises:
-            ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``.
+            ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``, or when an evaluator's
+                results hold a value that is not a number (detectron2 fails later, formatting it for the log).
+            TypeError: when an evaluator's results are not a dict on the main process.
         """
         if isinstance(evaluators, DatasetEvaluator) or callable(getattr(evaluators, "process", None)):
             evaluators = [evaluators]  # type: ignore[list-item]  # one evaluator (detectron2's too), not a list
@@ -270,6 +304,7 @@ class DefaultTrainer(TrainerBase):
                         f"Evaluator must return a dict on the main process. Got {results_i!r} instead "
                         f"(dataset {dataset_name})."
                     )
+                _check_numbers(results_i, dataset_name)
                 logger.info(f"Evaluation results for {dataset_name} in csv format:")
                 print_csv_format(results_i)
         if len(results) == 1:
@@ -339,6 +374,17 @@ class DefaultTrainer(TrainerBase):
     @optimizer.setter
     def optimizer(self, value: torch.optim.Optimizer) -> None:
         self._trainer.optimizer = value
+
+
+def _check_numbers(results: Mapping[str, Any], dataset_name: str) -> None:
+    """Raise a ValueError naming the first entry of ``results`` (flattened with "/") that ``float()`` refuses."""
+    for key, value in flatten_results_dict(results).items():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"The evaluator of {dataset_name} should return a nested dict of float. Got '{key}: {value}' instead."
+            ) from None
 
 
 def _builder(cfg: Any, role: str, own: Any) -> Any:
