@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from d2lightning.config import ConfigError, get_cfg
-from d2lightning.engine import D2LightningModule, SimpleTrainer
+from d2lightning.engine import D2LightningModule, SimpleTrainer, TrainerBase
 from d2lightning.engine.launch import launch
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
 from tests.extras_jobs import train_tiny_ddp
 from tests.launch_job import read_results, without_launcher_variables
 from tests.test_launch import _free_port
-from tests.tiny_trainer import CountingStream, TinyModel, TinyTrainer, tiny_cfg
+from tests.tiny_trainer import CountingStream, TinyModel, TinyTrainer, restore_loggers, tiny_cfg  # noqa: F401
 
 BF16 = (True, torch.bfloat16)
+pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 
 def train(cfg: Any) -> TinyTrainer:
@@ -113,6 +114,21 @@ def test_accumulation_from_the_config(tmp_path: Path) -> None:
     # checkpoint and evaluation periods (2) count iterations
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]  # fmt: skip
     assert len(TinyTrainer.evaluated) == 2
+
+
+def test_accumulation_needs_a_simple_trainer_step(tmp_path: Path) -> None:
+    class OwnStep(TrainerBase):
+        model = TinyModel()
+
+        def run_step(self) -> None:
+            pass
+
+    trainer = OwnStep()
+    trainer.register_hooks(
+        lightning_callbacks_from_cfg(tiny_cfg(str(tmp_path), "LIGHTNING.ACCUMULATE_GRAD_BATCHES", 2))
+    )
+    with pytest.raises(ValueError, match=r"LIGHTNING.ACCUMULATE_GRAD_BATCHES=2 needs a SimpleTrainer or AMPTrainer step; .*OwnStep runs its own run_step"):  # fmt: skip
+        trainer.train(0, 1)
 
 
 def test_ema_from_the_config_is_evaluated_saved_and_resumed(tmp_path: Path) -> None:

@@ -157,21 +157,27 @@ def instantiate_class_entry(entry: Any, key: str, cfg: Any = None) -> Any:
 
 
 class _AccumulateGradBatches(HookBase):
-    """Set ``accumulate_grad_batches`` on the trainer that runs the step, when training starts.
+    """Set ``accumulate_grad_batches`` on the trainer that runs the step, before training starts.
 
     That is ``DefaultTrainer``'s inner ``SimpleTrainer`` / ``AMPTrainer`` (detectron2's ``_trainer``), or the
-    trainer itself when it is one.
+    trainer itself when it is one. Done at Lightning's ``setup`` (before the run opens) and again in
+    ``before_train`` (a loop without Lightning).
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self.before_train()
 
     def before_train(self) -> None:
         target = getattr(self.trainer, "_trainer", self.trainer)
         if not isinstance(target, SimpleTrainer):
             raise ValueError(
                 f"LIGHTNING.ACCUMULATE_GRAD_BATCHES={self.n} needs a SimpleTrainer or AMPTrainer step; "
-                f"{type(target).__qualname__} runs its own run_step"
+                f"{target.__class__.__qualname__} runs its own run_step"
             )
         target.accumulate_grad_batches = self.n
 
