@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--confidence-threshold", type=float, default=0.5)
     predict.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE or a.b=c)")
     predict.set_defaults(func=_predict_command)
+    from d2lightning.plot import add_plot_parser
+
+    add_plot_parser(sub)
     return parser
 
 
