@@ -1,4 +1,4 @@
-"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``.
+"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``plot``.
 
 ``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning: the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box

@@ -185,9 +185,12 @@ def _train_to_completion(output_dir, *opts: str) -> Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("precise_bn", [False, True], ids=["plain", "precise_bn"])
-def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, precise_bn):
+@pytest.mark.parametrize(
+    ("precise_bn", "accumulate"), [(False, 1), (True, 1), (False, 2)], ids=["plain", "precise_bn", "accumulate2"]
+)
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, precise_bn, accumulate):
     opts = ("TEST.PRECISE_BN.ENABLED", str(precise_bn), "DATALOADER.NUM_WORKERS", "0")
+    opts += ("LIGHTNING.ACCUMULATE_GRAD_BATCHES", str(accumulate))
     reference = _train_to_completion(tmp_path / "a", *opts)
 
     seed_all_rng(0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from d2lightning.config import ConfigError, get_cfg
-from d2lightning.engine import D2LightningModule, SimpleTrainer, TrainerBase
+from d2lightning.engine import D2LightningModule, SimpleTrainer
 from d2lightning.engine.launch import launch
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
 from tests.extras_jobs import train_tiny_ddp
@@ -116,19 +116,10 @@ def test_accumulation_from_the_config(tmp_path: Path) -> None:
     assert len(TinyTrainer.evaluated) == 2
 
 
-def test_accumulation_needs_a_simple_trainer_step(tmp_path: Path) -> None:
-    class OwnStep(TrainerBase):
-        model = TinyModel()
-
-        def run_step(self) -> None:
-            pass
-
-    trainer = OwnStep()
-    trainer.register_hooks(
-        lightning_callbacks_from_cfg(tiny_cfg(str(tmp_path), "LIGHTNING.ACCUMULATE_GRAD_BATCHES", 2))
-    )
-    with pytest.raises(ValueError, match=r"LIGHTNING.ACCUMULATE_GRAD_BATCHES=2 needs a SimpleTrainer or AMPTrainer step; .*OwnStep runs its own run_step"):  # fmt: skip
-        trainer.train(0, 1)
+def test_accumulation_from_the_config_reaches_the_step_trainer(tmp_path: Path) -> None:
+    trainer = TinyTrainer(tiny_cfg(str(tmp_path), "LIGHTNING.ACCUMULATE_GRAD_BATCHES", 2))
+    assert trainer._trainer.accumulate_grad_batches == 2
+    assert TinyTrainer(tiny_cfg(str(tmp_path / "b")))._trainer.accumulate_grad_batches == 1
 
 
 def test_ema_from_the_config_is_evaluated_saved_and_resumed(tmp_path: Path) -> None:

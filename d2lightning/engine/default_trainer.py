@@ -41,6 +41,12 @@ __all__ = ["DefaultTrainer"]
 logger = logging.getLogger(__name__)
 
 
+def _accumulate_grad_batches(cfg: Any) -> int:
+    """``LIGHTNING.ACCUMULATE_GRAD_BATCHES`` (1 for a config without the section, e.g. detectron2's)."""
+    section = cfg.get("LIGHTNING") if isinstance(cfg, Mapping) else getattr(cfg, "LIGHTNING", None)
+    return int(section.ACCUMULATE_GRAD_BATCHES) if section is not None else 1
+
+
 class DefaultTrainer(TrainerBase):
     """A trainer with detectron2's default training logic, built from a config.
 
@@ -86,14 +92,19 @@ class DefaultTrainer(TrainerBase):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
+        accumulate = _accumulate_grad_batches(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             on_cpu = next(model.parameters()).device.type == "cpu"
             # float16 autocast on CPU is slow and unsupported for many ops: bfloat16 there
             self._trainer: SimpleTrainer = AMPTrainer(
-                model, data_loader, optimizer, precision=torch.bfloat16 if on_cpu else torch.float16
+                model,
+                data_loader,
+                optimizer,
+                precision=torch.bfloat16 if on_cpu else torch.float16,
+                accumulate_grad_batches=accumulate,
             )
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self._trainer = SimpleTrainer(model, data_loader, optimizer, accumulate_grad_batches=accumulate)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointer_class = _compat.detectron2_builder("checkpointer") if from_detectron2 else DetectionCheckpointer
         self.checkpointer = checkpointer_class(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from d2lightning.engine.train_loop import HookBase, SimpleTrainer, _is_hook
+from d2lightning.engine.train_loop import _is_hook
 from d2lightning.utils import comm
 
 __all__ = [
@@ -91,9 +91,9 @@ def lightning_kwargs_from_cfg(cfg: Any) -> dict[str, Any]:
 
 
 def lightning_callbacks_from_cfg(cfg: Any) -> list[Any]:
-    """Hooks and Lightning callbacks from ``cfg.LIGHTNING``, in this order: gradient accumulation (when
-    ``ACCUMULATE_GRAD_BATCHES > 1``), :class:`~d2lightning.engine.hooks.EMA` (``EMA.ENABLED``), ``CALLBACKS`` in
-    config order, the progress bar (``PROGRESS_BAR``).
+    """Hooks and Lightning callbacks from ``cfg.LIGHTNING``, in this order:
+    :class:`~d2lightning.engine.hooks.EMA` (``EMA.ENABLED``), ``CALLBACKS`` in config order, the progress bar
+    (``PROGRESS_BAR``). (``ACCUMULATE_GRAD_BATCHES`` is given to the step's trainer by ``DefaultTrainer``.)
 
     Raises:
         ValueError: naming the key, for a callback that cannot be built or is neither a Lightning ``Callback``
@@ -108,8 +108,6 @@ def lightning_callbacks_from_cfg(cfg: Any) -> list[Any]:
     if section is None:
         return []
     callbacks: list[Any] = []
-    if section.ACCUMULATE_GRAD_BATCHES != 1:
-        callbacks.append(_AccumulateGradBatches(section.ACCUMULATE_GRAD_BATCHES))
     if section.EMA.ENABLED:
         callbacks.append(EMA(section.EMA.DECAY))
     for i, entry in enumerate(section.CALLBACKS):
@@ -154,32 +152,6 @@ def instantiate_class_entry(entry: Any, key: str, cfg: Any = None) -> Any:
         return cls(**init_args)
     except Exception as e:
         raise ValueError(f"{key}: {class_path}(**{init_args}) failed: {type(e).__name__}: {e}") from e
-
-
-class _AccumulateGradBatches(HookBase):
-    """Set ``accumulate_grad_batches`` on the trainer that runs the step, before training starts.
-
-    That is ``DefaultTrainer``'s inner ``SimpleTrainer`` / ``AMPTrainer`` (detectron2's ``_trainer``), or the
-    trainer itself when it is one. Done at Lightning's ``setup`` (before the run opens) and again in
-    ``before_train`` (a loop without Lightning).
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self.before_train()
-
-    def before_train(self) -> None:
-        target = getattr(self.trainer, "_trainer", self.trainer)
-        if not isinstance(target, SimpleTrainer):
-            raise ValueError(
-                f"LIGHTNING.ACCUMULATE_GRAD_BATCHES={self.n} needs a SimpleTrainer or AMPTrainer step; "
-                f"{target.__class__.__qualname__} runs its own run_step"
-            )
-        target.accumulate_grad_batches = self.n
 
 
 def _on_cpu(cfg: Any, section: Any) -> bool:
