@@ -2,13 +2,14 @@
 
 from d2lightning.engine import hooks
 from d2lightning.engine.adapter import HookCallback
+from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.default_trainer import DefaultTrainer
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
 from d2lightning.engine.launch import DEFAULT_TIMEOUT, launch
 from d2lightning.engine.module import D2LightningModule
 from d2lightning.engine.predictor import DefaultPredictor
-from d2lightning.engine.train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
+from d2lightning.engine.train_loop import HookBase, SimpleTrainer, TrainerBase
 
 __all__ = [
     "DEFAULT_TIMEOUT",

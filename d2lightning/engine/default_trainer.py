@@ -20,10 +20,11 @@ import torch
 from d2lightning import _compat
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import hooks
+from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.defaults import default_writers
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
-from d2lightning.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from d2lightning.engine.train_loop import SimpleTrainer, TrainerBase
 from d2lightning.evaluation import (
     DatasetEvaluator,
     flatten_results_dict,

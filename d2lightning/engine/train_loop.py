@@ -15,21 +15,20 @@ import logging
 import math
 import signal
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.nn.parallel import DistributedDataParallel
 
-from d2lightning.engine.adapter import HOOK_METHODS, LightningRun, _D2Callback, current_run
+from d2lightning.engine.adapter import HOOK_METHODS, LightningRun, _D2Callback
+from d2lightning.engine.step import forward_backward, optimizer_step
 from d2lightning.utils import comm
 from d2lightning.utils.env import get_rng_states
 from d2lightning.utils.events import EventStorage, get_event_storage
 
-__all__ = ["AMPTrainer", "HookBase", "SimpleTrainer", "TrainerBase"]
+__all__ = ["HookBase", "SimpleTrainer", "TrainerBase"]  # and AMPTrainer, defined in amp_trainer.py
 
 logger = logging.getLogger(__name__)
 
@@ -341,51 +340,10 @@ class SimpleTrainer(TrainerBase):
         """One iteration of forward, backward and optimizer step (see the class docstring)."""
         if not self.model.training:
             raise AssertionError("[SimpleTrainer] model was changed to eval mode!")
-        if self._accumulate_grad_batches > 1:
-            loss_dict, data_time = self._run_micro_batches(contextlib.nullcontext, _identity)
-            self._dispatch_metrics(loss_dict, data_time)
-            _optimizer_step(self.optimizer)
-            return
-        start = time.perf_counter()
-        data = self._next_batch()
-        data_time = time.perf_counter() - start
-
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        loss_dict, losses = _sum_losses(self.model(data), self.iter)
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        _backward(self, losses)
+        # fetch (timed), forward, zero_grad, backward (+ after_backward hooks): detectron2's order
+        loss_dict, data_time = forward_backward(self, contextlib.nullcontext, None)
         self._dispatch_metrics(loss_dict, data_time)
-        _optimizer_step(self.optimizer)
-
-    def _run_micro_batches(
-        self, forward_context: Callable[[], Any], scale: Callable[[torch.Tensor], torch.Tensor]
-    ) -> tuple[Mapping[str, torch.Tensor], float]:
-        """The fetches, forwards and backwards of one accumulated iteration (no optimizer step).
-
-        Returns the losses averaged over the micro-batches and the summed fetch time.
-        """
-        n = self._accumulate_grad_batches
-        data_time = 0.0
-        means: dict[str, torch.Tensor] = {}
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        for k in range(n):
-            start = time.perf_counter()
-            data = self._next_batch()
-            data_time += time.perf_counter() - start
-            # DDP all-reduces the gradients in the last micro-batch's backward only
-            with _grad_sync_skipped(self.model) if k < n - 1 else contextlib.nullcontext():
-                with forward_context():
-                    loss_dict, losses = _sum_losses(self.model(data), self.iter)
-                if k == 0 and not self.zero_grad_before_forward:
-                    self.optimizer.zero_grad()
-                _backward(self, scale(losses / n))
-            for name, value in loss_dict.items():
-                share = value.detach() / n
-                means[name] = means[name] + share if name in means else share
-        return means, data_time
+        optimizer_step(self.optimizer)
 
     def _dispatch_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> None:
         if self.async_write_metrics:
@@ -479,156 +437,10 @@ class SimpleTrainer(TrainerBase):
         self.concurrent_executor.shutdown(wait=True)
 
 
-def _sum_losses(output: Any, cur_iter: int) -> tuple[Mapping[str, torch.Tensor], torch.Tensor]:
-    """detectron2's loss contract: one scalar tensor, or a dict of scalar tensors that are summed."""
-    if isinstance(output, torch.Tensor):
-        if output.numel() != 1:
-            raise TypeError(
-                f"in training mode the model must return a scalar loss or a dict of scalar losses; at iteration "
-                f"{cur_iter} it returned a tensor of shape {tuple(output.shape)}"
-            )
-        return {"total_loss": output}, output
-    if not isinstance(output, Mapping) or not output:
-        raise TypeError(
-            f"in training mode the model must return a dict of scalar loss tensors (or one scalar tensor); at "
-            f"iteration {cur_iter} it returned {type(output).__qualname__}"
-            + (" (empty)" if isinstance(output, Mapping) else "")
-        )
-    for name, value in output.items():
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__qualname__
-            raise TypeError(
-                f"in training mode the model must return a dict of scalar loss tensors; at iteration {cur_iter} "
-                f"loss {name!r} is {got}"
-            )
-    return output, sum(output.values())  # type: ignore[return-value]
+def __getattr__(name: str) -> Any:
+    # detectron2 defines AMPTrainer in train_loop; it lives in its own module here (and imports this one)
+    if name == "AMPTrainer":
+        from d2lightning.engine.amp_trainer import AMPTrainer
 
-
-def _backward(trainer: TrainerBase, loss: torch.Tensor) -> None:
-    """``loss.backward()`` then the hooks' ``after_backward`` (through Lightning inside a run)."""
-    run = current_run()
-    if run is None:
-        loss.backward()
-        trainer.after_backward()
-    else:
-        run.backward(loss)
-
-
-def _identity(loss: torch.Tensor) -> torch.Tensor:
-    return loss
-
-
-def _grad_sync_skipped(model: torch.nn.Module) -> Any:
-    """A context in which backwards accumulate gradients locally, without DDP's all-reduce.
-
-    ``no_sync`` of a model wrapped by ``create_ddp_model``, else of the Lightning strategy's DDP wrapper
-    (``block_backward_sync``); nothing to skip otherwise (one process, or a strategy without it).
-    """
-    if isinstance(model, DistributedDataParallel):
-        return model.no_sync()
-    run = current_run()
-    block = getattr(run.pl_trainer.strategy, "block_backward_sync", None) if run is not None else None
-    return block() if block is not None else contextlib.nullcontext()
-
-
-def _optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    run = current_run()
-    if run is None:
-        optimizer.step()
-    else:
-        run.optimizer_step(optimizer)
-
-
-class AMPTrainer(SimpleTrainer):
-    """Like :class:`SimpleTrainer`, with automatic mixed precision: autocast forward, scaled backward.
-
-    Runs on CUDA and, unlike detectron2's, on CPU too (``precision=torch.bfloat16`` there). As in detectron2,
-    metrics are written synchronously whatever ``async_write_metrics`` says, and the scaler's state is part
-    of :meth:`state_dict` (``"grad_scaler"``), required when loading.
-
-    Args:
-        model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward, async_write_metrics:
-            as :class:`SimpleTrainer`.
-        grad_scaler: a ``torch.amp.GradScaler``; by default one for the model's device.
-        precision: the autocast dtype, ``torch.float16`` or ``torch.bfloat16``.
-        log_grad_scaler: put the scale into the storage as ``[metric]grad_scaler`` every iteration.
-        accumulate_grad_batches: micro-batches per iteration, as :class:`SimpleTrainer` (keyword-only); the
-            scaler steps and updates once per iteration.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        data_loader: Iterable[Any],
-        optimizer: torch.optim.Optimizer,
-        gather_metric_period: int = 1,
-        zero_grad_before_forward: bool = False,
-        grad_scaler: Any = None,
-        precision: torch.dtype = torch.float16,
-        log_grad_scaler: bool = False,
-        async_write_metrics: bool = False,
-        *,
-        accumulate_grad_batches: int = 1,
-    ) -> None:
-        if precision not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"precision must be torch.float16 or torch.bfloat16, got {precision!r}")
-        if isinstance(model, torch.nn.DataParallel):
-            raise ValueError("AMPTrainer does not support single-process multi-device training (DataParallel)")
-        super().__init__(
-            model,
-            data_loader,
-            optimizer,
-            gather_metric_period,
-            zero_grad_before_forward,
-            accumulate_grad_batches=accumulate_grad_batches,
-        )
-        param = next(model.parameters(), None)
-        self._device_type = param.device.type if param is not None else "cpu"
-        self.grad_scaler = grad_scaler if grad_scaler is not None else _default_grad_scaler(self._device_type)
-        self.precision = precision
-        self.log_grad_scaler = log_grad_scaler
-
-    def run_step(self) -> None:
-        """One iteration under autocast, with the backward and the step through the grad scaler."""
-        if not self.model.training:
-            raise AssertionError("[AMPTrainer] model was changed to eval mode!")
-        if self._accumulate_grad_batches > 1:
-            loss_dict, data_time = self._run_micro_batches(self._autocast, self.grad_scaler.scale)
-        else:
-            start = time.perf_counter()
-            data = self._next_batch()
-            data_time = time.perf_counter() - start
-
-            if self.zero_grad_before_forward:
-                self.optimizer.zero_grad()
-            with torch.autocast(device_type=self._device_type, dtype=self.precision):
-                loss_dict, losses = _sum_losses(self.model(data), self.iter)
-            if not self.zero_grad_before_forward:
-                self.optimizer.zero_grad()
-            _backward(self, self.grad_scaler.scale(losses))
-        if self.log_grad_scaler:
-            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
-        self._write_metrics(loss_dict, data_time)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-
-    def _autocast(self) -> Any:
-        return torch.autocast(device_type=self._device_type, dtype=self.precision)
-
-    def state_dict(self) -> dict[str, Any]:
-        ret = super().state_dict()
-        ret["grad_scaler"] = self.grad_scaler.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if "grad_scaler" not in state_dict:
-            raise KeyError("AMPTrainer.load_state_dict: the state has no 'grad_scaler' (saved without AMP?)")
-        self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
-
-
-def _default_grad_scaler(device_type: str) -> Any:
-    try:
-        return torch.amp.GradScaler(device_type)
-    except (AttributeError, TypeError, RuntimeError):  # torch < 2.3 has no CPU scaler
-        return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
+        return AMPTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
