@@ -88,6 +88,7 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
     assert f"d2lightning: job {job} restart 1 on" in batch_log  # the second run saw SLURM_RESTART_COUNT=1
     log = _read(out / "log.txt")
     first, second = log.split(f"Slurm job {job} (restart 1)")
+    assert f"No checkpoint found in {out}: training starts from iteration 0" in first  # --resume, first run
     assert f"Saving checkpoint to {out}/model_0000019.pth" in first
     assert f"Requeued Slurm job {job}" in first
     assert "Training stops after iteration 19 for the requeue" in first
@@ -99,3 +100,42 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [19, 39, 40]
     assert "bbox/AP" in metrics[0] and "bbox/AP" in metrics[2] and "total_loss" in metrics[1]
+
+
+PROBE = """
+import os, signal, sys, time
+from d2lightning.slurm.scontrol import requeue_pending, slurm_job_id
+received = []
+signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+print("ready", os.environ.get("SLURM_RESTART_COUNT", "0"), flush=True)
+while not received:
+    time.sleep(0.05)
+with open(f"{sys.argv[1]}.{os.environ.get('SLURM_RESTART_COUNT', '0')}", "w") as f:
+    f.write(str(requeue_pending(slurm_job_id())))
+"""
+
+
+@pytest.mark.slurm
+def test_requeue_pending_tells_a_requeue_from_a_cancel_on_real_slurm(tmp_path: Path) -> None:
+    """In a job step that got SIGTERM: True after `scontrol requeue`, False after `scancel` (of the rerun)."""
+    require_slurm()
+    probe, result, out = tmp_path / "probe.py", tmp_path / "pending", tmp_path / "job.out"
+    probe.write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = ["sbatch", "--parsable", "--requeue", "--open-mode=append", "-o", str(out)]
+    job = subprocess.run(
+        [*cmd, "--wrap", f"srun {sys.executable} {probe} {result}"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        _wait_for(lambda: "ready 0" in _read(out), 120, "the first run")
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        _wait_for(lambda: _job_fields(job).get("JobState") == "PENDING", 60, "the requeued job to be pending")
+        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+        _wait_for(lambda: "ready 1" in _read(out), 120, "the second run")
+        subprocess.run(["scancel", job], check=True)
+        _wait_for(lambda: Path(f"{result}.1").exists(), 60, "the second run's answer")
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    assert Path(f"{result}.0").read_text() == "True"
+    assert Path(f"{result}.1").read_text() == "False"
