@@ -20,6 +20,11 @@ Nothing here imports detectron2 at module import. What it provides:
 * **Hook needs**: :func:`check_detectron2_hooks` verifies, when a run starts, that the trainer offers what
   detectron2's hooks will read from it, and raises a clear ``AttributeError`` naming the hook and the missing
   attribute otherwise (see :data:`TRAINER_NEEDS`).
+* **detectron2 configs**: :func:`is_detectron2_cfg` recognises detectron2's yacs ``CfgNode`` (by class, without
+  importing detectron2); ``DefaultTrainer`` then takes its model, optimizer, scheduler, loaders and checkpointer
+  from detectron2 (:func:`detectron2_builder`, :data:`DETECTRON2_BUILDERS`), maps ``MODEL.DEVICE`` to Lightning's
+  accelerator (:func:`lightning_kwargs_from_detectron2_cfg`) and sets up detectron2's logger as detectron2's
+  trainer does (:func:`setup_detectron2_logger`). :func:`detectron2_default_cfg` is detectron2's ``get_cfg()``.
 
 Limitation: a ``detectron2.utils.events`` imported for the first time *while* a d2lightning storage is open does
 not see that storage (import detectron2 before training starts, as building a detectron2 model or hook does).
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Iterable
 from functools import lru_cache
@@ -36,12 +42,18 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "DETECTRON2_BUILDERS",
     "DETECTRON2_MISSING_REASON",
     "TRAINER_NEEDS",
     "check_detectron2_hooks",
     "detectron2_available",
+    "detectron2_builder",
+    "detectron2_default_cfg",
+    "is_detectron2_cfg",
     "is_detectron2_object",
+    "lightning_kwargs_from_detectron2_cfg",
     "require_detectron2",
+    "setup_detectron2_logger",
     "share_storage",
     "unshare_storage",
 ]
@@ -157,3 +169,84 @@ def _needs_of(hook: Any) -> tuple[tuple[str, str, str], ...]:
     if not is_detectron2_object(hook):
         return ()
     return TRAINER_NEEDS.get(type(hook).__name__, ())
+
+
+# ---------------------------------------------------------------- detectron2 configs
+#: What ``DefaultTrainer`` builds each of its parts with when its config is a detectron2 ``CfgNode``:
+#: ``{role: (detectron2 module, attribute)}``; the role names are DefaultTrainer's factory methods.
+DETECTRON2_BUILDERS: dict[str, tuple[str, str]] = {
+    "build_model": ("detectron2.modeling", "build_model"),
+    "build_optimizer": ("detectron2.solver", "build_optimizer"),
+    "build_lr_scheduler": ("detectron2.solver", "build_lr_scheduler"),
+    "build_train_loader": ("detectron2.data", "build_detection_train_loader"),
+    "build_test_loader": ("detectron2.data", "build_detection_test_loader"),
+    "checkpointer": ("detectron2.checkpoint", "DetectionCheckpointer"),
+}
+
+#: ``MODEL.DEVICE`` type (the part before ``:``) -> Lightning accelerator.
+_ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}
+
+
+def is_detectron2_cfg(cfg: Any) -> bool:
+    """Whether ``cfg`` is detectron2's yacs config: its class, or a base class, is a ``CfgNode`` of ``detectron2.*``.
+
+    Decided from the class alone, so it works (and is False for every other object) without detectron2.
+    """
+    return any(
+        c.__name__ == "CfgNode" and str(getattr(c, "__module__", "")).startswith("detectron2.")
+        for c in type(cfg).__mro__
+    )
+
+
+def detectron2_builder(role: str) -> Any:
+    """detectron2's object for ``role`` (a key of :data:`DETECTRON2_BUILDERS`): ``"build_model"`` gives
+    ``detectron2.modeling.build_model``.
+
+    Raises:
+        ValueError: for an unknown ``role``.
+        ImportError: naming the role when detectron2 is not installed.
+    """
+    if role not in DETECTRON2_BUILDERS:
+        raise ValueError(f"role must be one of {sorted(DETECTRON2_BUILDERS)}, got {role!r}")
+    module, name = DETECTRON2_BUILDERS[role]
+    return getattr(require_detectron2(f"DefaultTrainer.{role} with a detectron2 CfgNode", module), name)
+
+
+def lightning_kwargs_from_detectron2_cfg(cfg: Any) -> dict[str, Any]:
+    """``{"accelerator": ...}`` for the Lightning Trainer of a run configured by a detectron2 ``CfgNode``.
+
+    ``MODEL.DEVICE`` ``"cpu"`` -> ``"cpu"``, ``"cuda"``/``"cuda:N"`` -> ``"gpu"`` (the device index follows the
+    model, which detectron2's ``build_model`` put on that device), ``"mps"`` -> ``"mps"``.
+
+    Raises:
+        ValueError: naming ``MODEL.DEVICE`` and the accepted values for any other device.
+    """
+    device = str(cfg.MODEL.DEVICE)
+    kind = device.split(":", 1)[0]
+    if kind not in _ACCELERATORS:
+        raise ValueError(
+            f"MODEL.DEVICE={device!r} has no Lightning accelerator; accepted: 'cpu', 'cuda', 'cuda:<index>', 'mps'"
+        )
+    return {"accelerator": _ACCELERATORS[kind]}
+
+
+def setup_detectron2_logger() -> None:
+    """Show detectron2's own log messages on the console, as detectron2's ``DefaultTrainer`` does.
+
+    Calls ``detectron2.utils.logger.setup_logger()`` unless the ``"detectron2"`` logger already logs INFO
+    (``default_setup`` of a detectron2 script, or the user, set it up).
+
+    Raises:
+        ImportError: when detectron2 is not installed.
+    """
+    if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+        require_detectron2("detectron2's logger", "detectron2.utils.logger").setup_logger()
+
+
+def detectron2_default_cfg() -> Any:
+    """A fresh ``detectron2.config.get_cfg()``: detectron2's complete default config.
+
+    Raises:
+        ImportError: when detectron2 is not installed.
+    """
+    return require_detectron2("detectron2's default config", "detectron2.config").get_cfg()

@@ -1,4 +1,5 @@
-"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``slurm submit``.
+"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``plot``,
+``slurm submit``.
 
 ``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning: the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
@@ -52,7 +53,37 @@ def setup(args: argparse.Namespace) -> Any:
     apply_overrides(cfg, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    if not os.environ.get("D2L_DEBUG"):
+        _console_without_tracebacks()
     return cfg
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record with ``inner`` but leaves out its traceback (which the log file keeps)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text):
+            return self._inner.format(record)
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.exc_info, copy.exc_text = None, None
+        return f"{self._inner.format(copy)} (traceback in log.txt; D2L_DEBUG=1 shows it here)"
+
+
+def _console_without_tracebacks() -> None:
+    """User errors end with one line on stderr: keep tracebacks logged on the way (e.g. detectron2's
+    "Exception during training:") out of the console; ``log.txt`` still has them."""
+    lg = logging.getLogger("d2lightning")
+    for handler in lg.handlers:
+        formatter = handler.formatter
+        if type(handler) is logging.StreamHandler and formatter and not isinstance(formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(formatter))
+
+
+_MISMATCH = "the evaluation results do not match TEST.EXPECTED_RESULTS (the log lists the differences)"
 
 
 def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -67,12 +98,17 @@ def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
         model = trainer_cls.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_cls.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, results)
+        if comm.is_main_process() and not verify_results(cfg, results):
+            raise ValueError(_MISMATCH)
     else:
         trainer = trainer_cls(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        try:
+            results = trainer.train()
+        except SystemExit as e:  # DefaultTrainer.train exits with 1 on a mismatch, as detectron2's
+            if e.code == 1 and len(cfg.TEST.EXPECTED_RESULTS):
+                raise ValueError(_MISMATCH) from None
+            raise
     if comm.is_main_process() and results:
         _print_final_table(results)
     return results
@@ -139,15 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--confidence-threshold", type=float, default=0.5)
     predict.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE or a.b=c)")
     predict.set_defaults(func=_predict_command)
+    from d2lightning.plot import add_plot_parser
     from d2lightning.slurm.command import add_slurm_parser
 
+    add_plot_parser(sub)
     add_slurm_parser(sub)
     return parser
+
+
+def _quiet_lightning_notices() -> None:
+    """Drop Lightning's advertising tip and two notices that say nothing about the user's run."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    if "SLURM_JOB_ID" not in os.environ:  # outside a Slurm job, the "srun is available" hint is noise
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _quiet_lightning_notices()
     if os.environ.get("D2L_DEBUG"):
         return int(args.func(args))
     from d2lightning.config import ConfigError

@@ -61,6 +61,7 @@ def predict_image(args: argparse.Namespace) -> None:
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     apply_overrides(cfg, args.opts)
+    image = load_bgr_image(args.input)  # a bad --input is reported before a missing checkpoint
     if not cfg.MODEL.WEIGHTS:
         last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
         if not os.path.isfile(last):
@@ -68,7 +69,6 @@ def predict_image(args: argparse.Namespace) -> None:
         with open(last) as f:
             cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
     cfg.freeze()
-    image = load_bgr_image(args.input)
     predictor = DefaultPredictor(cfg)
     instances = predictor(image)["instances"]
     names = getattr(getattr(predictor, "metadata", None), "thing_classes", None)

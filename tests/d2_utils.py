@@ -5,8 +5,15 @@ Nothing here imports detectron2 at module import: every test module can import t
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,15 +148,18 @@ RCNN_OVERRIDES = [
 ]  # fmt: skip
 
 
-def small_rcnn(seed: int = 0) -> nn.Module:
-    """detectron2's Faster R-CNN R50-FPN config shrunk to ResNet-18 and 2 classes (about 0.3 s/iteration on CPU)."""
+def small_rcnn(seed: int = 0, overrides: list[str] | None = None) -> nn.Module:
+    """detectron2's Faster R-CNN R50-FPN config shrunk to ResNet-18 and 2 classes (about 0.3 s/iteration on CPU).
+
+    ``overrides`` (``merge_from_list`` pairs) are applied after the shrinking ones.
+    """
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
-    cfg.merge_from_list(RCNN_OVERRIDES)
+    cfg.merge_from_list(RCNN_OVERRIDES + list(overrides or []))
     torch.manual_seed(seed)
     return build_model(cfg)
 
@@ -168,3 +178,160 @@ def rcnn_loader(seed: int = 1, batch_size: int = 2) -> Iterator[list[dict[str, A
             image = torch.randint(0, 256, (3, 128, 128), generator=g).float()
             batch.append({"image": image, "height": 128, "width": 128, "instances": instances})
         yield batch
+
+
+# ---------------------------------------------------------------- DefaultTrainer runs on a synthetic dataset
+RCNN_ZOO_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+SYNTH_CLASSES = ["square", "bar"]
+
+
+def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed: int = 0) -> None:
+    """Register ``name`` in detectron2's ``DatasetCatalog``/``MetadataCatalog`` (``evaluator_type="coco"``).
+
+    Writes ``num_images`` 64x64 PNG files into ``root``: noise with a bright square (class 0) and a dark bar
+    (class 1), boxes in ``XYXY_ABS``. An existing registration of ``name`` is replaced.
+    """
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    dicts = []
+    for i in range(num_images):
+        image = rng.integers(60, 120, size=(64, 64, 3), dtype=np.uint8)
+        x, y = 4 + 3 * i, 6 + 2 * i
+        image[y : y + 24, x : x + 24] = 230
+        image[40:56, 8 + 4 * i : 44 + 4 * i] = 10
+        path = f"{root}/{name}_{i}.png"
+        Image.fromarray(image).save(path)
+        boxes = [([x, y, x + 24, y + 24], 0), ([8 + 4 * i, 40, 44 + 4 * i, 56], 1)]
+        annotations = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": 0} for b, c in boxes]
+        dicts.append({"file_name": path, "image_id": i, "height": 64, "width": 64, "annotations": annotations})
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [dict(d) for d in dicts])
+    MetadataCatalog.get(name).set(thing_classes=list(SYNTH_CLASSES), evaluator_type="coco")
+
+
+def rcnn_train_opts(output_dir: Any, train: str, test: str | None, max_iter: int = 4, period: int = 2) -> list[str]:
+    """``merge_from_list`` options: :data:`RCNN_OVERRIDES`, 64-pixel inputs, 2 images per batch, ``SEED`` 3."""
+    return [
+        *RCNN_OVERRIDES,
+        "DATASETS.TRAIN", f"('{train}',)",
+        "DATASETS.TEST", f"('{test}',)" if test else "()",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)",
+        "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "128",
+        "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.BASE_LR", "0.01",
+        "SOLVER.STEPS", "(3,)",
+        "SOLVER.WARMUP_ITERS", "2",
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD", str(period),
+        "TEST.EVAL_PERIOD", "0",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "SEED", "3",
+        "OUTPUT_DIR", str(output_dir),
+    ]  # fmt: skip
+
+
+def rcnn_cfg(output_dir: Any, train: str, test: str | None, max_iter: int = 4, period: int = 2) -> Any:
+    """detectron2's ``CfgNode`` of the model-zoo Faster R-CNN with :func:`rcnn_train_opts`."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(RCNN_ZOO_CONFIG))
+    cfg.merge_from_list(rcnn_train_opts(output_dir, train, test, max_iter, period))
+    return cfg
+
+
+@contextlib.contextmanager
+def synthetic_datasets(root: Any, **datasets: tuple[int, int]) -> Iterator[None]:
+    """Register ``name=(num_images, seed)`` datasets (:func:`register_synthetic_detection`); remove them on exit."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for name, (num_images, seed) in datasets.items():
+        register_synthetic_detection(name, root, num_images, seed)
+    try:
+        yield
+    finally:
+        for name in datasets:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+_LOGGERS = ("d2lightning", "lightning.pytorch", "detectron2", "fvcore")
+
+
+@contextlib.contextmanager
+def restored_loggers() -> Iterator[None]:
+    """Undo what ``default_setup``/``setup_logger`` (both libraries') do to the loggers: no propagation, handlers."""
+    saved = {
+        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers), logging.getLogger(n).level)
+        for n in _LOGGERS
+    }
+    try:
+        yield
+    finally:
+        from d2lightning.utils.logger import setup_logger
+
+        setup_logger.cache_clear()
+        d2_logger = sys.modules.get("detectron2.utils.logger")
+        if d2_logger is not None:
+            d2_logger.setup_logger.cache_clear()
+        for name, (propagate, handlers, level) in saved.items():
+            logger = logging.getLogger(name)
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+
+
+def train_net_path() -> Path | None:
+    """detectron2's ``tools/train_net.py`` (``$DETECTRON2_TRAIN_NET``, else next to the installed source tree)."""
+    candidates = [os.environ.get("DETECTRON2_TRAIN_NET", ""), "/work/scratch/detectron2/tools/train_net.py"]
+    if detectron2_available():
+        import detectron2
+
+        candidates.insert(1, str(Path(detectron2.__file__).resolve().parents[1] / "tools" / "train_net.py"))
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+def run_train_net(argv: list[str], d2lightning_engine: bool) -> None:
+    """Execute detectron2's ``tools/train_net.py`` as ``__main__`` with ``sys.argv = argv``.
+
+    With ``d2lightning_engine``, its ``from detectron2.engine import`` line becomes ``from d2lightning.engine
+    import`` (in memory), the only change a user makes.
+    """
+    path = train_net_path()
+    if path is None:
+        raise FileNotFoundError("detectron2's tools/train_net.py is not available")
+    source = path.read_text()
+    if d2lightning_engine:
+        if source.count("from detectron2.engine import") != 1:
+            raise ValueError(f"{path} does not import detectron2.engine exactly once")
+        source = source.replace("from detectron2.engine import", "from d2lightning.engine import")
+    saved = sys.argv
+    sys.argv = ["train_net.py", *argv]
+    try:
+        exec(compile(source, str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
+    finally:
+        sys.argv = saved
+
+
+TIMING_KEYS = frozenset({"time", "data_time", "rank_data_time", "eta_seconds"})
+
+
+def metrics_lines(path: Any) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.json`` without measured times, NaN written as the string "NaN" (comparable)."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [
+        {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in d.items() if k not in TIMING_KEYS}
+        for d in lines
+    ]

@@ -159,3 +159,11 @@ def test_resume_with_no_readable_checkpoint_raises_naming_each_file(tmp_path: Pa
         CorruptCheckpointError, match=f"No checkpoint in '{tmp_path}' can be read:\n.*model_0000004.pth"
     ):
         ckpt.resume_or_load("", resume=True)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from d2lightning.checkpoint import atomic as atomic_module
+
+    monkeypatch.setattr(atomic_module, "_UMASK", 0o022)
+    atomic_write_text(tmp_path / "last_checkpoint", "model_final.pth")
+    assert (tmp_path / "last_checkpoint").stat().st_mode & 0o777 == 0o644  # as open() would create it (not 0600)

@@ -88,7 +88,7 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
     assert f"d2lightning: job {job} restart 1 on" in batch_log  # the second run saw SLURM_RESTART_COUNT=1
     log = _read(out / "log.txt")
     first, second = log.split(f"Slurm job {job} (restart 1)")
-    assert f"No checkpoint found in {out}: training starts from iteration 0" in first  # --resume, first run
+    assert f"No checkpoint found in {out}: training starts at iteration 0" in first  # --resume, first run
     assert f"Saving checkpoint to {out}/model_0000019.pth" in first
     assert f"Requeued Slurm job {job}" in first
     assert "Training stops after iteration 19 for the requeue" in first

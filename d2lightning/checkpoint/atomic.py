@@ -24,6 +24,15 @@ __all__ = ["atomic_save", "atomic_write", "atomic_write_text", "remove_stale_tem
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a temporary binary file, then atomically move it to ``path``.
 
@@ -43,6 +52,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

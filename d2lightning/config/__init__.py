@@ -11,6 +11,7 @@ Example::
 """
 
 from d2lightning.config.config import CfgNode, get_cfg, global_cfg, set_global_cfg
+from d2lightning.config.detectron2_defaults import add_detectron2_defaults
 from d2lightning.config.errors import (
     ConfigError,
     ConfigFileError,
@@ -30,6 +31,7 @@ __all__ = [
     "FrozenConfigError",
     "KeySpec",
     "UnknownKeyError",
+    "add_detectron2_defaults",
     "apply_overrides",
     "extend_defaults",
     "extend_defaults_from_cfgnode",

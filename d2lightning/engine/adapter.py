@@ -130,7 +130,9 @@ class LightningRun:
             owner._pending_rng_states = None
         seek = getattr(getattr(owner, "data_loader", None), "set_start_iteration", None)
         if start_iter > 0 and callable(seek):
-            seek(start_iter)
+            # with gradient accumulation an iteration consumed several batches
+            step_trainer = getattr(owner, "_trainer", owner)
+            seek(start_iter * getattr(step_trainer, "accumulate_grad_batches", 1))
 
     def before_step(self, global_step: int) -> None:
         """Start iteration ``global_step`` (idempotent): ``iter`` and ``storage.iter`` take its value."""

@@ -2,12 +2,14 @@
 
 Same construction order, hooks (in ``build_hooks`` order), checkpoint layout, ``resume_or_load`` and
 overridable class-method factories as detectron2. The config's ``LIGHTNING`` section adds what only Lightning has
-(precision, loggers, callbacks, strategy...).
+(precision, loggers, callbacks, strategy...). Given a detectron2 ``CfgNode``, the factories are detectron2's own
+(see :class:`DefaultTrainer`), so detectron2's ``tools/train_net.py`` runs with only its import changed.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -15,13 +17,20 @@ from typing import Any
 
 import torch
 
+from d2lightning import _compat
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import hooks
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.defaults import default_writers
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
 from d2lightning.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
-from d2lightning.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format, verify_results
+from d2lightning.evaluation import (
+    DatasetEvaluator,
+    flatten_results_dict,
+    inference_on_dataset,
+    print_csv_format,
+    verify_results,
+)
 from d2lightning.layers.batch_norm import get_bn_modules
 from d2lightning.utils import comm
 from d2lightning.utils.events import EventWriter
@@ -32,6 +41,12 @@ __all__ = ["DefaultTrainer"]
 logger = logging.getLogger(__name__)
 
 
+def _accumulate_grad_batches(cfg: Any) -> int:
+    """``LIGHTNING.ACCUMULATE_GRAD_BATCHES`` (1 for a config without the section, e.g. detectron2's)."""
+    section = cfg.get("LIGHTNING") if isinstance(cfg, Mapping) else getattr(cfg, "LIGHTNING", None)
+    return int(section.ACCUMULATE_GRAD_BATCHES) if section is not None else 1
+
+
 class DefaultTrainer(TrainerBase):
     """A trainer with detectron2's default training logic, built from a config.
 
@@ -40,8 +55,19 @@ class DefaultTrainer(TrainerBase):
     ``SOLVER.AMP.ENABLED``), the LR scheduler and a ``DetectionCheckpointer`` on ``OUTPUT_DIR``, then register
     ``build_hooks()``. Call :meth:`resume_or_load` then :meth:`train`.
 
+    With a detectron2 ``CfgNode`` (``detectron2.config.get_cfg()``, model-zoo files included) the model, optimizer,
+    LR scheduler, train/test loaders and checkpointer are detectron2's (``build_model``, ``build_optimizer``,
+    ``build_lr_scheduler``, ``build_detection_train_loader``/``build_detection_test_loader``,
+    ``DetectionCheckpointer``), detectron2's logger is set up as its trainer does, and ``MODEL.DEVICE`` selects
+    Lightning's accelerator. The hooks, loop and writers are d2lightning's, with detectron2's iterations, file
+    names and metrics.
+
     Args:
-        cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names).
+        cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names), or a detectron2
+            ``CfgNode``.
+
+    Raises:
+        ImportError: for a detectron2 ``CfgNode`` when detectron2 is not installed.
 
     Attributes:
         cfg, model, optimizer, data_loader, scheduler, checkpointer, start_iter, max_iter: as detectron2's.
@@ -55,6 +81,10 @@ class DefaultTrainer(TrainerBase):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
+        from_detectron2 = _compat.is_detectron2_cfg(cfg)
+        if from_detectron2:
+            _compat.require_detectron2("DefaultTrainer with a detectron2 CfgNode")
+            _compat.setup_detectron2_logger()
         if not logging.getLogger("d2lightning").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -62,20 +92,28 @@ class DefaultTrainer(TrainerBase):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
+        accumulate = _accumulate_grad_batches(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             on_cpu = next(model.parameters()).device.type == "cpu"
             # float16 autocast on CPU is slow and unsupported for many ops: bfloat16 there
             self._trainer: SimpleTrainer = AMPTrainer(
-                model, data_loader, optimizer, precision=torch.bfloat16 if on_cpu else torch.float16
+                model,
+                data_loader,
+                optimizer,
+                precision=torch.bfloat16 if on_cpu else torch.float16,
+                accumulate_grad_batches=accumulate,
             )
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self._trainer = SimpleTrainer(model, data_loader, optimizer, accumulate_grad_batches=accumulate)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        checkpointer_class = _compat.detectron2_builder("checkpointer") if from_detectron2 else DetectionCheckpointer
+        self.checkpointer = checkpointer_class(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.lightning_kwargs = lightning_kwargs_from_cfg(cfg)
+        self.lightning_kwargs = (
+            _compat.lightning_kwargs_from_detectron2_cfg(cfg) if from_detectron2 else lightning_kwargs_from_cfg(cfg)
+        )
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
 
@@ -84,13 +122,31 @@ class DefaultTrainer(TrainerBase):
 
         Resuming restores the model, optimizer, scheduler, hook states and iteration, and training continues at
         the iteration after the saved one; ``MODEL.WEIGHTS`` is then ignored. Otherwise only the weights are
-        loaded and training starts at 0.
+        loaded and training starts at 0. Asked to resume from an ``OUTPUT_DIR`` without a checkpoint, it says so
+        in one log line and starts at 0 (from ``MODEL.WEIGHTS`` if set).
         """
-        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        weights = self.cfg.MODEL.WEIGHTS
+        if resume and not self.checkpointer.has_checkpoint():
+            source = f"from MODEL.WEIGHTS={weights}" if weights else "from scratch"
+            logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts at iteration 0, {source}")
+            if not weights:
+                return  # nothing to load: the checkpointer would only log "no checkpoint" once more
+        self.checkpointer.resume_or_load(weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1  # the checkpoint stores the iteration that just finished
-        elif resume:
-            logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts from iteration 0")
+            self._seek_precise_bn_loader()
+
+    def _seek_precise_bn_loader(self) -> None:
+        """Let PreciseBN continue its batch stream where the interrupted run left it (d2lightning's exact resume).
+
+        PreciseBN draws ``TEST.PRECISE_BN.NUM_ITER`` batches after every ``TEST.EVAL_PERIOD``-th iteration; the
+        iterations before ``start_iter`` used ``start_iter // EVAL_PERIOD`` such updates. The built-in train
+        loader can skip them (``set_start_iteration``); other loaders restart, as in detectron2.
+        """
+        seek = getattr(getattr(self, "_precise_bn_loader", None), "set_start_iteration", None)
+        period = self.cfg.TEST.EVAL_PERIOD
+        if callable(seek) and period > 0:
+            seek((self.start_iter // period) * self.cfg.TEST.PRECISE_BN.NUM_ITER)
 
     def build_hooks(self) -> list[Any]:
         """detectron2's default hooks, in this order: IterationTimer, LRScheduler, PreciseBN (if enabled and the
@@ -103,8 +159,9 @@ class DefaultTrainer(TrainerBase):
         cfg.DATALOADER.NUM_WORKERS = 0  # save some memory and time for PreciseBN
         precise_bn = None
         if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            self._precise_bn_loader = self.build_train_loader(cfg)
             precise_bn = hooks.PreciseBN(
-                cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER
+                cfg.TEST.EVAL_PERIOD, self.model, self._precise_bn_loader, cfg.TEST.PRECISE_BN.NUM_ITER
             )
         ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
         if comm.is_main_process():
@@ -130,15 +187,21 @@ class DefaultTrainer(TrainerBase):
         """Run training from ``start_iter`` to ``max_iter``.
 
         Returns:
-            The last evaluation results (a dict), or None when no evaluation ran. With
-            ``TEST.EXPECTED_RESULTS`` they are verified on the main process first (detectron2).
+            The last evaluation results (a dict), or None when no evaluation ran (detectron2 returns them only
+            with ``TEST.EXPECTED_RESULTS``).
+
+        Raises:
+            RuntimeError: with ``TEST.EXPECTED_RESULTS`` on the main process, when no evaluation ran.
+            SystemExit: (code 1) when the results do not match ``TEST.EXPECTED_RESULTS`` on the main process,
+                as detectron2's ``verify_results``; the mismatches are logged first.
         """
         super().train(self.start_iter, self.max_iter)
         results = getattr(self, "_last_eval_results", None)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             if results is None:
                 raise RuntimeError("No evaluation results obtained during training!")
-            verify_results(self.cfg, results)
+            if not verify_results(self.cfg, results):
+                sys.exit(1)
         return results
 
     def run_step(self) -> None:
@@ -159,40 +222,43 @@ class DefaultTrainer(TrainerBase):
     # ------------------------------------------------------------ factories (override in subclasses)
     @classmethod
     def build_model(cls, cfg: Any) -> torch.nn.Module:
-        """``d2lightning.modeling.build_model(cfg)``, logged."""
+        """``d2lightning.modeling.build_model(cfg)`` (detectron2's for a detectron2 config), logged."""
         from d2lightning.modeling import build_model
 
-        model = build_model(cfg)
+        model = _builder(cfg, "build_model", build_model)(cfg)
         logger.info(f"Model:\n{model}")
         return model
 
     @classmethod
     def build_optimizer(cls, cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """``d2lightning.solver.build_optimizer(cfg, model)``."""
+        """``d2lightning.solver.build_optimizer(cfg, model)`` (detectron2's for a detectron2 config)."""
         from d2lightning.solver import build_optimizer
 
-        return build_optimizer(cfg, model)
+        return _builder(cfg, "build_optimizer", build_optimizer)(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> Any:
-        """``d2lightning.solver.build_lr_scheduler(cfg, optimizer)``."""
+        """``d2lightning.solver.build_lr_scheduler(cfg, optimizer)`` (detectron2's for a detectron2 config)."""
         from d2lightning.solver import build_lr_scheduler
 
-        return build_lr_scheduler(cfg, optimizer)
+        return _builder(cfg, "build_lr_scheduler", build_lr_scheduler)(cfg, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg: Any) -> Any:
-        """``d2lightning.data.build_detection_train_loader(cfg)``: infinite, sharded by rank."""
+        """``d2lightning.data.build_detection_train_loader(cfg)`` (detectron2's for a detectron2 config).
+
+        The loader is infinite and sharded by rank.
+        """
         from d2lightning.data import build_detection_train_loader
 
-        return build_detection_train_loader(cfg)
+        return _builder(cfg, "build_train_loader", build_detection_train_loader)(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
-        """``d2lightning.data.build_detection_test_loader(cfg, dataset_name)``."""
+        """``d2lightning.data.build_detection_test_loader(cfg, dataset_name)`` (detectron2's for a detectron2 cfg)."""
         from d2lightning.data import build_detection_test_loader
 
-        return build_detection_test_loader(cfg, dataset_name)
+        return _builder(cfg, "build_test_loader", build_detection_test_loader)(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str) -> DatasetEvaluator:
@@ -216,10 +282,12 @@ class DefaultTrainer(TrainerBase):
             ``{dataset_name: results}``, or the results alone when there is a single dataset.
 
         Raises:
-            ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``.
+            ValueError: when the number of evaluators differs from ``len(DATASETS.TEST)``, or when an evaluator's
+                results hold a value that is not a number (detectron2 fails later, formatting it for the log).
+            TypeError: when an evaluator's results are not a dict on the main process.
         """
-        if isinstance(evaluators, DatasetEvaluator):
-            evaluators = [evaluators]
+        if isinstance(evaluators, DatasetEvaluator) or callable(getattr(evaluators, "process", None)):
+            evaluators = [evaluators]  # type: ignore[list-item]  # one evaluator (detectron2's too), not a list
         if evaluators is not None and len(cfg.DATASETS.TEST) != len(evaluators):
             raise ValueError(
                 f"{len(cfg.DATASETS.TEST)} test datasets (DATASETS.TEST) but {len(evaluators)} evaluators given"
@@ -247,6 +315,7 @@ class DefaultTrainer(TrainerBase):
                         f"Evaluator must return a dict on the main process. Got {results_i!r} instead "
                         f"(dataset {dataset_name})."
                     )
+                _check_numbers(results_i, dataset_name)
                 logger.info(f"Evaluation results for {dataset_name} in csv format:")
                 print_csv_format(results_i)
         if len(results) == 1:
@@ -316,3 +385,19 @@ class DefaultTrainer(TrainerBase):
     @optimizer.setter
     def optimizer(self, value: torch.optim.Optimizer) -> None:
         self._trainer.optimizer = value
+
+
+def _check_numbers(results: Mapping[str, Any], dataset_name: str) -> None:
+    """Raise a ValueError naming the first entry of ``results`` (flattened with "/") that ``float()`` refuses."""
+    for key, value in flatten_results_dict(results).items():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"The evaluator of {dataset_name} should return a nested dict of float. Got '{key}: {value}' instead."
+            ) from None
+
+
+def _builder(cfg: Any, role: str, own: Any) -> Any:
+    """``own``, or detectron2's builder for ``role`` when ``cfg`` is a detectron2 ``CfgNode``."""
+    return _compat.detectron2_builder(role) if _compat.is_detectron2_cfg(cfg) else own

@@ -1,20 +1,57 @@
 """The config's ``LIGHTNING`` section, turned into ``lightning.pytorch.Trainer`` arguments and callbacks.
 
-``LIGHTNING.PRECISION``, ``LOG_EVERY_N_STEPS``, ``DETERMINISTIC`` and, when not ``"auto"``, ``ACCELERATOR``,
-``DEVICES``, ``NUM_NODES`` and ``STRATEGY`` become Trainer arguments; ``LOGGERS`` are instantiated (from class
-paths) as the Trainer's loggers; ``CALLBACKS`` and, with ``PROGRESS_BAR``, an :class:`IterationProgressBar`
-become Lightning callbacks registered after the hooks. A config without a ``LIGHTNING`` section (e.g. a
-detectron2 ``CfgNode``) gives detectron2's behaviour.
+``DefaultTrainer`` puts :func:`lightning_kwargs_from_cfg` into ``lightning_kwargs`` and registers
+:func:`lightning_callbacks_from_cfg` after its hooks. A config without a ``LIGHTNING`` section (e.g. a detectron2
+``CfgNode``) gives detectron2's behaviour. Key by key:
+
+- ``PRECISION``: Lightning's precision plugin (the forward runs under its autocast, the backward and the step go
+  through it). ``"16-mixed"`` on CPU runs as ``"bf16-mixed"`` (float16 autocast is a GPU feature; Lightning
+  makes the same switch), with a warning. Exclusive with ``SOLVER.AMP.ENABLED`` (detectron2's ``AMPTrainer``).
+- ``ACCUMULATE_GRAD_BATCHES``: d2lightning's accumulation (``SimpleTrainer.accumulate_grad_batches``: one
+  iteration = N micro-batches, one optimizer step), applied to the trainer that runs the step when training
+  starts. Lightning's own argument is refused under the manual optimization detectron2's step needs.
+- ``EMA.ENABLED`` / ``EMA.DECAY``: an :class:`~d2lightning.engine.hooks.EMA` hook; evaluations use the average.
+- ``LOGGERS`` / ``CALLBACKS``: built from class paths; loggers get ``save_dir=OUTPUT_DIR`` unless given one.
+- ``STRATEGY`` / ``DEVICES`` / ``NUM_NODES``: DefaultTrainer builds its model, sharded data loader and
+  rank-dependent hooks per process, so the processes must exist before it: start them with ``launch``
+  (``d2lightning train --num-gpus N --num-machines M``), ``srun`` or ``torchrun``; d2lightning then joins them
+  with DDP. In such a run ``STRATEGY`` may be ``"auto"`` or ``"ddp"`` and ``DEVICES`` / ``NUM_NODES`` are checked
+  against the processes; in a single process they go to Lightning as they are, but more than one device or
+  node is an error (Lightning would start processes after the trainer was built). FSDP is refused (see
+  :data:`FSDP_UNSUPPORTED`).
+- ``ACCELERATOR``, ``LOG_EVERY_N_STEPS``, ``DETERMINISTIC``, ``PROGRESS_BAR``: the Trainer arguments of the
+  same names (the bar is an :class:`~d2lightning.engine.progress.IterationProgressBar`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["instantiate_class_entry", "lightning_callbacks_from_cfg", "lightning_kwargs_from_cfg"]
+from d2lightning.engine.train_loop import _is_hook
+from d2lightning.utils import comm
+
+__all__ = [
+    "FSDP_UNSUPPORTED",
+    "instantiate_class_entry",
+    "lightning_callbacks_from_cfg",
+    "lightning_kwargs_from_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Why ``LIGHTNING.STRATEGY: fsdp`` is refused.
+FSDP_UNSUPPORTED = (
+    "FSDP is not supported by DefaultTrainer. On CPU it cannot run at all: Lightning 2.6's FSDPStrategy requires a "
+    "GPU accelerator, and torch's FullyShardedDataParallel, which it wraps, stops with 'FSDP needs a non-CPU "
+    "accelerator device'. On GPUs DefaultTrainer wraps the model with create_ddp_model (DDP) and saves full "
+    "checkpoints on rank 0, which a sharded model does not allow. Use 'ddp'."
+)
+_FULL_PRECISION = ("32", "32-true")
+_FLOAT16_MIXED = ("16", "16-mixed")
 
 
 def _section(cfg: Any) -> Any:
@@ -22,44 +59,65 @@ def _section(cfg: Any) -> Any:
 
 
 def lightning_kwargs_from_cfg(cfg: Any) -> dict[str, Any]:
-    """Trainer arguments from ``cfg.LIGHTNING`` (``{}`` without that section).
+    """Trainer arguments from ``cfg.LIGHTNING`` (``{}`` without that section); see the module docstring.
 
     Raises:
-        ValueError: naming the key, for a logger that cannot be built, or for a setting d2lightning does not
-            support yet.
+        ValueError: naming the key, for a logger that cannot be built, mixed precision set twice, FSDP, or a
+            device count that the processes of the run contradict.
     """
+    from lightning.pytorch.loggers import Logger
+
     section = _section(cfg)
     if section is None:
         return {}
-    if section.ACCUMULATE_GRAD_BATCHES != 1:
-        raise ValueError("LIGHTNING.ACCUMULATE_GRAD_BATCHES != 1 is not supported yet by DefaultTrainer")
-    if section.EMA.ENABLED:
-        raise ValueError("LIGHTNING.EMA.ENABLED is not supported yet by DefaultTrainer")
     kwargs: dict[str, Any] = {
-        "precision": section.PRECISION,
+        "precision": _precision(cfg, section),
         "log_every_n_steps": section.LOG_EVERY_N_STEPS,
         "deterministic": section.DETERMINISTIC,
         "enable_progress_bar": bool(section.PROGRESS_BAR),
     }
-    for key, arg in (("ACCELERATOR", "accelerator"), ("DEVICES", "devices"), ("STRATEGY", "strategy")):
-        if section[key] != "auto":
-            kwargs[arg] = section[key]
-    if section.NUM_NODES != 1:
-        kwargs["num_nodes"] = section.NUM_NODES
-    loggers = [instantiate_class_entry(e, f"LIGHTNING.LOGGERS[{i}]", cfg) for i, e in enumerate(section.LOGGERS)]
+    if section.ACCELERATOR != "auto":
+        kwargs["accelerator"] = section.ACCELERATOR
+    kwargs.update(_parallel_kwargs(section))
+    loggers = []
+    for i, entry in enumerate(section.LOGGERS):
+        lg = instantiate_class_entry(entry, f"LIGHTNING.LOGGERS[{i}]", cfg)
+        if not isinstance(lg, Logger):
+            raise ValueError(f"LIGHTNING.LOGGERS[{i}]: {_name(lg)} is not a lightning.pytorch.loggers.Logger")
+        loggers.append(lg)
     if loggers:
         kwargs["logger"] = loggers
     return kwargs
 
 
 def lightning_callbacks_from_cfg(cfg: Any) -> list[Any]:
-    """Lightning callbacks from ``cfg.LIGHTNING.CALLBACKS`` (and the progress bar), in config order."""
+    """Hooks and Lightning callbacks from ``cfg.LIGHTNING``, in this order:
+    :class:`~d2lightning.engine.hooks.EMA` (``EMA.ENABLED``), ``CALLBACKS`` in config order, the progress bar
+    (``PROGRESS_BAR``). (``ACCUMULATE_GRAD_BATCHES`` is given to the step's trainer by ``DefaultTrainer``.)
+
+    Raises:
+        ValueError: naming the key, for a callback that cannot be built or is neither a Lightning ``Callback``
+            nor a detectron2-style hook.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    from d2lightning.engine.hooks import EMA
     from d2lightning.engine.progress import IterationProgressBar
 
     section = _section(cfg)
     if section is None:
         return []
-    callbacks = [instantiate_class_entry(e, f"LIGHTNING.CALLBACKS[{i}]", cfg) for i, e in enumerate(section.CALLBACKS)]
+    callbacks: list[Any] = []
+    if section.EMA.ENABLED:
+        callbacks.append(EMA(section.EMA.DECAY))
+    for i, entry in enumerate(section.CALLBACKS):
+        cb = instantiate_class_entry(entry, f"LIGHTNING.CALLBACKS[{i}]", cfg)
+        if not (isinstance(cb, Callback) or _is_hook(cb)):
+            raise ValueError(
+                f"LIGHTNING.CALLBACKS[{i}]: {_name(cb)} is neither a lightning.pytorch.callbacks.Callback nor a "
+                "detectron2-style hook"
+            )
+        callbacks.append(cb)
     if section.PROGRESS_BAR:
         callbacks.append(IterationProgressBar())
     return callbacks
@@ -94,3 +152,85 @@ def instantiate_class_entry(entry: Any, key: str, cfg: Any = None) -> Any:
         return cls(**init_args)
     except Exception as e:
         raise ValueError(f"{key}: {class_path}(**{init_args}) failed: {type(e).__name__}: {e}") from e
+
+
+def _on_cpu(cfg: Any, section: Any) -> bool:
+    if section.ACCELERATOR != "auto":
+        return bool(section.ACCELERATOR == "cpu")
+    device = getattr(getattr(cfg, "MODEL", None), "DEVICE", "cpu")
+    return str(device).startswith("cpu")
+
+
+def _precision(cfg: Any, section: Any) -> Any:
+    precision = section.PRECISION
+    amp = getattr(getattr(getattr(cfg, "SOLVER", None), "AMP", None), "ENABLED", False)
+    if amp and str(precision) not in _FULL_PRECISION:
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED=True and LIGHTNING.PRECISION={precision!r} both set the precision: use "
+            "LIGHTNING.PRECISION (Lightning's precision plugin) or SOLVER.AMP.ENABLED (detectron2's AMPTrainer), "
+            "not both"
+        )
+    if str(precision) in _FLOAT16_MIXED and _on_cpu(cfg, section):
+        logger.warning(
+            f"LIGHTNING.PRECISION={precision!r} runs as 'bf16-mixed' on CPU: float16 autocast is for GPUs "
+            "(Lightning makes the same switch)"
+        )
+        return "bf16-mixed"
+    return precision
+
+
+def _parallel_kwargs(section: Any) -> dict[str, Any]:
+    """``strategy`` / ``devices`` / ``num_nodes`` (see the module docstring)."""
+    strategy, devices, num_nodes = section.STRATEGY, section.DEVICES, section.NUM_NODES
+    if str(strategy).lower().startswith("fsdp"):
+        raise ValueError(f"LIGHTNING.STRATEGY={strategy!r}: {FSDP_UNSUPPORTED}")
+    count = _device_count(devices)
+    world = comm.get_world_size()
+    if world > 1:
+        local = comm.get_local_size()
+        if count is not None and count != local:
+            raise ValueError(
+                f"LIGHTNING.DEVICES={devices!r}, but this run has {local} processes on this machine (one per "
+                "device): set it to 'auto' or to the number of processes started per machine (--num-gpus)"
+            )
+        if num_nodes != 1 and num_nodes != world // local:
+            raise ValueError(
+                f"LIGHTNING.NUM_NODES={num_nodes}, but this run spans {world // local} machines (--num-machines)"
+            )
+        if strategy not in ("auto", "ddp"):
+            raise ValueError(
+                f"LIGHTNING.STRATEGY={strategy!r}: the processes of this run train with DDP, which d2lightning "
+                "joins itself; use 'auto' or 'ddp'"
+            )
+        return {}
+    if (count is not None and count > 1) or num_nodes > 1:
+        raise ValueError(
+            f"LIGHTNING.DEVICES={devices!r} / LIGHTNING.NUM_NODES={num_nodes} ask for several processes, but this "
+            "run has one: DefaultTrainer builds its model, data loader and hooks per process, so start the "
+            "processes first with `d2lightning train --num-gpus N [--num-machines M]` (detectron2's launch), "
+            "srun or torchrun"
+        )
+    kwargs: dict[str, Any] = {}
+    if devices != "auto":
+        kwargs["devices"] = devices
+    if strategy != "auto":
+        kwargs["strategy"] = strategy
+    return kwargs
+
+
+def _device_count(devices: Any) -> int | None:
+    """How many devices ``LIGHTNING.DEVICES`` asks for; None for "auto" / -1 (all of them)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        return int(text)
+    return None if devices == -1 else int(devices)
+
+
+def _name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

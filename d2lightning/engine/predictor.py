@@ -36,6 +36,9 @@ class DefaultPredictor:
         from d2lightning.data.transforms import ResizeShortestEdge
         from d2lightning.modeling import build_model
 
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"DefaultPredictor supports INPUT.FORMAT 'RGB' or 'BGR', got {self.input_format!r}")
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -43,9 +46,6 @@ class DefaultPredictor:
             self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"DefaultPredictor supports INPUT.FORMAT 'RGB' or 'BGR', got {self.input_format!r}")
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
         """Predict one image.
@@ -57,11 +57,17 @@ class DefaultPredictor:
             The model's output for the image, e.g. ``{"instances": Instances}``.
 
         Raises:
-            TypeError: when the image is not an ``(H, W, 3)`` numpy array.
+            TypeError: when the image is not a numpy array (a torch tensor, a list, a file name...).
+            ValueError: when the array's shape is not ``(H, W, 3)`` with ``H, W > 0``.
         """
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
-            got = getattr(original_image, "shape", type(original_image).__name__)
-            raise TypeError(f"DefaultPredictor expects an (H, W, 3) BGR numpy image, got {got}")
+        expected = "DefaultPredictor expects an (H, W, 3) BGR numpy image (e.g. from cv2.imread)"
+        if not isinstance(original_image, np.ndarray):
+            shape = getattr(original_image, "shape", None)
+            of_shape = f" of shape {tuple(shape)}" if shape is not None else ""
+            raise TypeError(f"{expected}, got a {type(original_image).__qualname__}{of_shape}")
+        shape = original_image.shape
+        if len(shape) != 3 or shape[2] != 3 or shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"{expected}, got an array of shape {shape}")
         with torch.no_grad():
             if self.input_format == "RGB":
                 original_image = original_image[:, :, ::-1]

@@ -10,6 +10,7 @@ in Lightning's manual optimization, and every hook is a Lightning ``Callback`` (
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import math
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.nn.parallel import DistributedDataParallel
 
 from d2lightning.engine.adapter import HOOK_METHODS, LightningRun, _D2Callback, current_run
 from d2lightning.utils import comm
@@ -266,6 +268,17 @@ class SimpleTrainer(TrainerBase):
     *not* stepped here: the ``LRScheduler`` hook does it. A finite data loader is iterated again when it runs
     out, without disturbing the iteration count.
 
+    Gradient accumulation (d2lightning only; Lightning's ``Trainer(accumulate_grad_batches=N)`` is refused
+    under the manual optimization detectron2's step needs): with ``accumulate_grad_batches=N`` one iteration
+    runs N micro-batches — N fetches, forwards and backwards of ``loss / N``, gradients zeroed once before the
+    first backward (or the first forward) — then one optimizer step. ``iter``, ``max_iter`` and every hook
+    period keep counting optimizer steps; the losses written are the means over the micro-batches (the loss of
+    the N-times-larger batch for mean-reduced losses) and ``data_time`` is the sum of the N fetches.
+    ``after_backward`` (like Lightning's ``on_after_backward``, which also fires per micro-batch under
+    Lightning's own accumulation) runs after every micro-batch's backward, with the same ``iter``; the
+    gradients are complete in the last one, and in Lightning's ``on_before_optimizer_step``. Under DDP the
+    first N-1 micro-batches skip the gradient all-reduce (``no_sync``).
+
     Args:
         model: returns a dict of scalar losses (or one scalar tensor) in training mode.
         data_loader: an iterable of batches given to ``model`` as they are.
@@ -273,6 +286,11 @@ class SimpleTrainer(TrainerBase):
         gather_metric_period: gather and write metrics every this many iterations.
         zero_grad_before_forward: zero the gradients before the forward instead of after it.
         async_write_metrics: write metrics from a background thread.
+        accumulate_grad_batches: micro-batches per iteration (d2lightning only, keyword-only; also a settable
+            attribute). 1 is detectron2's step.
+
+    Raises:
+        ValueError: when ``accumulate_grad_batches`` is not an int >= 1.
     """
 
     def __init__(
@@ -283,6 +301,8 @@ class SimpleTrainer(TrainerBase):
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,
         async_write_metrics: bool = False,
+        *,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(model, torch.nn.Module):
@@ -301,12 +321,31 @@ class SimpleTrainer(TrainerBase):
         self.gather_metric_period = gather_metric_period
         self.zero_grad_before_forward = zero_grad_before_forward
         self.async_write_metrics = async_write_metrics
+        self.accumulate_grad_batches = accumulate_grad_batches
         self.concurrent_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per iteration (see the class docstring); settable, validated."""
+        return self._accumulate_grad_batches
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"accumulate_grad_batches must be an int >= 1 (micro-batches per iteration), got {value!r}"
+            )
+        self._accumulate_grad_batches = value
 
     def run_step(self) -> None:
         """One iteration of forward, backward and optimizer step (see the class docstring)."""
         if not self.model.training:
             raise AssertionError("[SimpleTrainer] model was changed to eval mode!")
+        if self._accumulate_grad_batches > 1:
+            loss_dict, data_time = self._run_micro_batches(contextlib.nullcontext, _identity)
+            self._dispatch_metrics(loss_dict, data_time)
+            _optimizer_step(self.optimizer)
+            return
         start = time.perf_counter()
         data = self._next_batch()
         data_time = time.perf_counter() - start
@@ -319,6 +358,34 @@ class SimpleTrainer(TrainerBase):
         _backward(self, losses)
         self._dispatch_metrics(loss_dict, data_time)
         _optimizer_step(self.optimizer)
+
+    def _run_micro_batches(
+        self, forward_context: Callable[[], Any], scale: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[Mapping[str, torch.Tensor], float]:
+        """The fetches, forwards and backwards of one accumulated iteration (no optimizer step).
+
+        Returns the losses averaged over the micro-batches and the summed fetch time.
+        """
+        n = self._accumulate_grad_batches
+        data_time = 0.0
+        means: dict[str, torch.Tensor] = {}
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        for k in range(n):
+            start = time.perf_counter()
+            data = self._next_batch()
+            data_time += time.perf_counter() - start
+            # DDP all-reduces the gradients in the last micro-batch's backward only
+            with _grad_sync_skipped(self.model) if k < n - 1 else contextlib.nullcontext():
+                with forward_context():
+                    loss_dict, losses = _sum_losses(self.model(data), self.iter)
+                if k == 0 and not self.zero_grad_before_forward:
+                    self.optimizer.zero_grad()
+                _backward(self, scale(losses / n))
+            for name, value in loss_dict.items():
+                share = value.detach() / n
+                means[name] = means[name] + share if name in means else share
+        return means, data_time
 
     def _dispatch_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> None:
         if self.async_write_metrics:
@@ -447,6 +514,23 @@ def _backward(trainer: TrainerBase, loss: torch.Tensor) -> None:
         run.backward(loss)
 
 
+def _identity(loss: torch.Tensor) -> torch.Tensor:
+    return loss
+
+
+def _grad_sync_skipped(model: torch.nn.Module) -> Any:
+    """A context in which backwards accumulate gradients locally, without DDP's all-reduce.
+
+    ``no_sync`` of a model wrapped by ``create_ddp_model``, else of the Lightning strategy's DDP wrapper
+    (``block_backward_sync``); nothing to skip otherwise (one process, or a strategy without it).
+    """
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    run = current_run()
+    block = getattr(run.pl_trainer.strategy, "block_backward_sync", None) if run is not None else None
+    return block() if block is not None else contextlib.nullcontext()
+
+
 def _optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     run = current_run()
     if run is None:
@@ -468,6 +552,8 @@ class AMPTrainer(SimpleTrainer):
         grad_scaler: a ``torch.amp.GradScaler``; by default one for the model's device.
         precision: the autocast dtype, ``torch.float16`` or ``torch.bfloat16``.
         log_grad_scaler: put the scale into the storage as ``[metric]grad_scaler`` every iteration.
+        accumulate_grad_batches: micro-batches per iteration, as :class:`SimpleTrainer` (keyword-only); the
+            scaler steps and updates once per iteration.
     """
 
     def __init__(
@@ -481,12 +567,21 @@ class AMPTrainer(SimpleTrainer):
         precision: torch.dtype = torch.float16,
         log_grad_scaler: bool = False,
         async_write_metrics: bool = False,
+        *,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         if precision not in (torch.float16, torch.bfloat16):
             raise ValueError(f"precision must be torch.float16 or torch.bfloat16, got {precision!r}")
         if isinstance(model, torch.nn.DataParallel):
             raise ValueError("AMPTrainer does not support single-process multi-device training (DataParallel)")
-        super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
+        super().__init__(
+            model,
+            data_loader,
+            optimizer,
+            gather_metric_period,
+            zero_grad_before_forward,
+            accumulate_grad_batches=accumulate_grad_batches,
+        )
         param = next(model.parameters(), None)
         self._device_type = param.device.type if param is not None else "cpu"
         self.grad_scaler = grad_scaler if grad_scaler is not None else _default_grad_scaler(self._device_type)
@@ -497,22 +592,28 @@ class AMPTrainer(SimpleTrainer):
         """One iteration under autocast, with the backward and the step through the grad scaler."""
         if not self.model.training:
             raise AssertionError("[AMPTrainer] model was changed to eval mode!")
-        start = time.perf_counter()
-        data = self._next_batch()
-        data_time = time.perf_counter() - start
+        if self._accumulate_grad_batches > 1:
+            loss_dict, data_time = self._run_micro_batches(self._autocast, self.grad_scaler.scale)
+        else:
+            start = time.perf_counter()
+            data = self._next_batch()
+            data_time = time.perf_counter() - start
 
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(device_type=self._device_type, dtype=self.precision):
-            loss_dict, losses = _sum_losses(self.model(data), self.iter)
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        _backward(self, self.grad_scaler.scale(losses))
+            if self.zero_grad_before_forward:
+                self.optimizer.zero_grad()
+            with torch.autocast(device_type=self._device_type, dtype=self.precision):
+                loss_dict, losses = _sum_losses(self.model(data), self.iter)
+            if not self.zero_grad_before_forward:
+                self.optimizer.zero_grad()
+            _backward(self, self.grad_scaler.scale(losses))
         if self.log_grad_scaler:
             get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
         self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+
+    def _autocast(self) -> Any:
+        return torch.autocast(device_type=self._device_type, dtype=self.precision)
 
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()

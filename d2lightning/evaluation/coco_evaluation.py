@@ -4,7 +4,9 @@ Predictions are collected per image in :meth:`COCOEvaluator.process`, gathered t
 :func:`d2lightning.utils.comm.gather` in :meth:`COCOEvaluator.evaluate`, and scored there with
 ``pycocotools.cocoeval.COCOeval`` against the ground truth converted from detectron2 dataset dicts. The
 result has detectron2's layout and scale: ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl",
-"AP-<class>", ...}}`` in percent, NaN where a metric cannot be computed.
+"AP-<class>", ...}}`` in percent, NaN where a metric cannot be computed. With ``backend="torchmetrics"``
+(the default where torchvision is installed) the same COCOeval precision is obtained through torchmetrics'
+``MeanAveragePrecision`` instead (:mod:`._coco_backends`); both give the same numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from d2lightning.evaluation._coco_backends import coco_params, resolve_backend, torchmetrics_precision
 from d2lightning.evaluation._coco_format import dataset_to_coco_dict, instances_to_coco_json
 from d2lightning.evaluation.evaluator import DatasetEvaluator
 from d2lightning.utils import comm
@@ -110,10 +113,14 @@ class COCOEvaluator(DatasetEvaluator):
         allow_cached_coco: accepted for compatibility; no converted json is cached.
         gt_dicts: detectron2 dataset dicts to use instead of the ``DatasetCatalog``.
         class_names: class names to use instead of the metadata's ``thing_classes``.
+        backend: what computes the COCO precision: ``"pycocotools"`` (COCOeval directly), ``"torchmetrics"``
+            (``torchmetrics.detection.MeanAveragePrecision``, which needs torchvision; the same numbers) or
+            ``"auto"``: torchmetrics when torchvision is installed, else pycocotools.
 
     Raises:
-        ValueError: for an unsupported task, a bad ``max_dets_per_image`` or malformed ground truth.
-        ImportError: if ``pycocotools`` is not installed.
+        ValueError: for an unsupported task, a bad ``max_dets_per_image``, an unknown ``backend`` or malformed
+            ground truth.
+        ImportError: if ``pycocotools`` is not installed, or for ``backend="torchmetrics"`` without torchvision.
 
     Example::
 
@@ -134,6 +141,7 @@ class COCOEvaluator(DatasetEvaluator):
         allow_cached_coco: bool = True,
         gt_dicts: Sequence[Mapping[str, Any]] | None = None,
         class_names: Sequence[str] | None = None,
+        backend: str = "auto",
     ) -> None:
         if not isinstance(dataset_name, str):
             raise TypeError(f"dataset_name must be a str, got {type(dataset_name).__name__}")
@@ -141,6 +149,7 @@ class COCOEvaluator(DatasetEvaluator):
             isinstance(max_dets_per_image, bool) or not isinstance(max_dets_per_image, int) or max_dets_per_image < 1
         ):
             raise ValueError(f"max_dets_per_image must be None or a positive int, got {max_dets_per_image!r}")
+        self._backend = resolve_backend(backend)
         self._dataset_name = dataset_name
         self._tasks = _check_tasks(tasks)
         self._distributed = bool(distributed)
@@ -189,6 +198,11 @@ class COCOEvaluator(DatasetEvaluator):
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
+
+    @property
+    def backend(self) -> str:
+        """What computes the precision: ``"pycocotools"`` or ``"torchmetrics"`` (``"auto"`` resolved)."""
+        return self._backend
 
     def reset(self) -> None:
         """Forget the predictions collected so far."""
@@ -267,11 +281,8 @@ class COCOEvaluator(DatasetEvaluator):
         if not coco_results:  # the COCO API cannot load empty results
             logger.warning("No predictions from the model!")
             return {metric: float("nan") for metric in BOX_METRICS}
-        coco_eval = self._run_cocoeval(coco_results, img_ids)
-        params, precision = (
-            coco_eval.params,
-            coco_eval.eval["precision"],
-        )  # (iou, recall, class, area, max_dets)
+        params = coco_params()
+        precision, category_ids = self._accumulate(coco_results, img_ids, params)  # (iou, recall, class, area, dets)
         results: dict[str, float] = {}
         for metric, (iou, area) in _METRIC_SLICES.items():
             p = precision if iou is None else precision[np.isclose(params.iouThrs, iou)]
@@ -281,12 +292,27 @@ class COCOEvaluator(DatasetEvaluator):
             logger.info("Some metrics cannot be computed and is shown as NaN.")
         if self._class_names is None or len(self._class_names) <= 1:
             return results
-        per_class = {
-            f"AP-{name}": _mean_precision(precision[:, :, idx, 0, -1]) for idx, name in enumerate(self._class_names)
+        per_class = {  # a class neither annotated nor detected is not on the torchmetrics class axis: NaN
+            f"AP-{name}": _mean_precision(precision[:, :, category_ids.index(idx), 0, -1])
+            if idx in category_ids
+            else float("nan")
+            for idx, name in enumerate(self._class_names)
         }
         logger.info("Per-category bbox AP: \n" + _small_table(per_class))
         results.update(per_class)
         return results
+
+    def _accumulate(
+        self, coco_results: list[dict[str, Any]], img_ids: Sequence[Any] | None, params: Any
+    ) -> tuple[np.ndarray, list[int]]:
+        """COCOeval's precision array and the category id of each index of its class axis, from the backend."""
+        if self._backend == "torchmetrics":
+            logger.info("Evaluating predictions with torchmetrics' MeanAveragePrecision (pycocotools inside)...")
+            return torchmetrics_precision(
+                self._coco_api.dataset, coco_results, self._max_dets, img_ids, params.iouThrs, params.recThrs
+            )
+        coco_eval = self._run_cocoeval(coco_results, img_ids)
+        return coco_eval.eval["precision"], list(coco_eval.params.catIds)
 
     def _run_cocoeval(self, coco_results: list[dict[str, Any]], img_ids: Sequence[Any] | None) -> Any:
         from pycocotools.cocoeval import COCOeval

@@ -2,6 +2,7 @@
 
 from d2lightning.engine.hooks.best_checkpointer import BestCheckpointer
 from d2lightning.engine.hooks.callback_hook import CallbackHook
+from d2lightning.engine.hooks.ema import EMA
 from d2lightning.engine.hooks.eval_hook import EvalHook
 from d2lightning.engine.hooks.iteration_timer import IterationTimer
 from d2lightning.engine.hooks.lr_scheduler import LRScheduler
@@ -13,6 +14,7 @@ from d2lightning.engine.hooks.torch_memory_stats import TorchMemoryStats
 from d2lightning.engine.train_loop import HookBase
 
 __all__ = [
+    "EMA",
     "AutogradProfiler",
     "BestCheckpointer",
     "CallbackHook",
