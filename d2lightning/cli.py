@@ -1,4 +1,5 @@
-"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``plot``.
+"""The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``plot``,
+``slurm submit``.
 
 ``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning: the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
@@ -125,13 +126,18 @@ def _print_final_table(results: dict[str, Any]) -> None:
 
 def _train_command(args: argparse.Namespace) -> int:
     from d2lightning.engine import launch
+    from d2lightning.engine.cluster import detect_cluster_environment
+    from d2lightning.engine.defaults import default_argument_parser
 
+    dist_url = args.dist_url
+    if dist_url == default_argument_parser().get_default("dist_url") and detect_cluster_environment() is not None:
+        dist_url = None  # the default URL is for processes launch spawns; srun/torchrun bring their rendezvous
     launch(
         train_main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url,
         args=(args,),
     )
     return 0
@@ -170,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE or a.b=c)")
     predict.set_defaults(func=_predict_command)
     from d2lightning.plot import add_plot_parser
+    from d2lightning.slurm.command import add_slurm_parser
 
     add_plot_parser(sub)
+    add_slurm_parser(sub)
     return parser
 
 

@@ -5,7 +5,9 @@ sanity validation, no Lightning checkpointing, logger, progress bar or model sum
 writers do those jobs; checkpointing is switched on when a Lightning ``Checkpoint`` callback is registered), no
 distributed sampler (detectron2 loaders shard themselves), and the device the model already lives on. Inside a
 process started by ``launch``, ``srun`` or ``torchrun``, the Trainer joins that run with DDP.
-``trainer.lightning_kwargs`` overrides any of them (loggers, precision, strategy...).
+``trainer.lightning_kwargs`` overrides any of them (loggers, precision, strategy...). Inside a Slurm job,
+:func:`d2lightning.slurm.lightning_setup.add_slurm_support` adds the preemption hook and turns Lightning's own
+auto-requeue off.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from d2lightning.engine.adapter import as_callback, set_global_step
 from d2lightning.engine.cluster import detect_cluster_environment, lightning_cluster_environment
+from d2lightning.slurm.lightning_setup import add_slurm_support
 from d2lightning.utils import comm
 
 if TYPE_CHECKING:
@@ -103,6 +106,7 @@ def build_lightning_trainer(trainer: TrainerBase, start_iter: int, max_iter: int
     kwargs.update(user)
     kwargs["max_steps"] = max_iter
     kwargs["callbacks"] = [as_callback(h) for h in trainer._hooks]
+    add_slurm_support(kwargs)  # inside a Slurm job: our preemption hook, Lightning's auto-requeue off
     if "enable_checkpointing" not in user and any(isinstance(cb, Checkpoint) for cb in kwargs["callbacks"]):
         kwargs["enable_checkpointing"] = True
     pl_trainer = pl.Trainer(**kwargs)
