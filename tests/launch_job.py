@@ -87,4 +87,5 @@ def job_main(out_dir: str, ask_lightning: bool = False) -> None:
 if __name__ == "__main__":
     from d2lightning.engine.launch import launch
 
-    launch(job_main, int(sys.argv[2]), args=(sys.argv[1], sys.argv[3:] == ["lightning"]))
+    dist_url = os.environ.get("D2L_TEST_DIST_URL")  # a script passing detectron2's default --dist-url
+    launch(job_main, int(sys.argv[2]), dist_url=dist_url, args=(sys.argv[1], sys.argv[3:] == ["lightning"]))

@@ -354,12 +354,14 @@ def _check_joined(results: list[dict[str, Any]], launcher: str, addr: str, port:
         assert (result["env"]["RANK"], result["env"]["LOCAL_WORLD_SIZE"]) == (str(rank), "2")
 
 
-def test_joins_processes_made_by_torchrun(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dist_url", [None, "tcp://127.0.0.1:49152"], ids=["no-url", "default-url-ignored"])
+def test_joins_processes_made_by_torchrun(tmp_path: Path, dist_url: str | None) -> None:
     port = _free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
-    proc = subprocess.run(
-        [*cmd, str(JOB), str(tmp_path), "2"], env=_plain_env(), capture_output=True, text=True, timeout=300
-    )
+    env = _plain_env()
+    if dist_url is not None:  # torchrun's rendezvous wins over a script's (default) --dist-url
+        env["D2L_TEST_DIST_URL"] = dist_url
+    proc = subprocess.run([*cmd, str(JOB), str(tmp_path), "2"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_joined(read_results(tmp_path, 2), "torchelastic", "127.0.0.1", port)
 

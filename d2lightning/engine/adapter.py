@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from d2lightning._compat import check_detectron2_hooks, unshare_storage
+from d2lightning.utils import comm
 from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 
@@ -126,7 +127,10 @@ class LightningRun:
         owner = self.owner
         rng = getattr(owner, "_pending_rng_states", None)
         if rng is not None:
-            set_rng_states(rng)
+            # The checkpoint holds the main process' states. Other ranks keep their own (seeded SEED + rank)
+            # streams: restoring rank 0's there would make every rank draw the same augmentations.
+            if comm.get_rank() == 0:
+                set_rng_states(rng)
             owner._pending_rng_states = None
         seek = getattr(getattr(owner, "data_loader", None), "set_start_iteration", None)
         if start_iter > 0 and callable(seek):

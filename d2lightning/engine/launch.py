@@ -18,6 +18,7 @@ Three ways through, decided before anything starts:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,6 +36,8 @@ from d2lightning.engine.cluster import (
     lightning_cluster_environment,
 )
 from d2lightning.utils import comm
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -254,7 +257,14 @@ def _join(
             "ranks must be consecutive per machine (SLURM: --distribution=block)"
         )
     if url is not None and url[0] != "auto":
-        env = replace(env, master_addr=url[0], master_port=url[1])
+        if env.launcher == "torchelastic":  # torchrun's agent already holds the rendezvous; another one hangs
+            if (url[0], url[1]) != (env.master_addr, env.master_port):
+                logger.warning(
+                    f"dist_url tcp://{url[0]}:{url[1]} ignored: torchrun set the rendezvous "
+                    f"{env.master_addr}:{env.master_port}"
+                )
+        else:
+            env = replace(env, master_addr=url[0], master_port=url[1])
     if env.launcher == "slurm":  # Lightning's SLURMEnvironment refuses SLURM_NTASKS > 1 without it
         os.environ.setdefault("SLURM_NTASKS_PER_NODE", str(env.local_world_size))
     run_in_process(env, main_func, args, timeout)
