@@ -79,6 +79,19 @@ def detectron2_available() -> bool:
     return importlib.util.find_spec("detectron2") is not None
 
 
+def share_local_process_group(group: Any) -> None:
+    """Give detectron2's ``comm`` the per-machine group d2lightning created (no collective, no new group).
+
+    detectron2's ``comm.get_local_rank()`` / ``get_local_size()`` assert unless its own ``_LOCAL_PROCESS_GROUP`` is
+    set, which only detectron2's ``launch`` does. A no-op when detectron2 is not installed.
+    """
+    if not detectron2_available():
+        return
+    import detectron2.utils.comm as d2_comm
+
+    d2_comm._LOCAL_PROCESS_GROUP = group
+
+
 def require_detectron2(feature: str, module: str = "detectron2") -> ModuleType:
     """Import ``module`` of detectron2 for ``feature``, or fail with a message saying how to get it.
 

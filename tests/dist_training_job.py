@@ -64,3 +64,14 @@ def train_simple_trainer(out_dir: str, wrap: bool) -> None:
             "files": sorted(p.name for p in Path(ckpt_dir).iterdir()) if comm.is_main_process() else [],
         },
     )
+
+
+def detectron2_local_rank(out_dir: str) -> None:
+    """What a real detectron2's comm reports inside a d2lightning launch (needs detectron2)."""
+    from detectron2.utils import comm as d2_comm
+
+    write_result(
+        out_dir,
+        d2_comm.get_rank(),
+        {"local_rank": d2_comm.get_local_rank(), "local_size": d2_comm.get_local_size()},
+    )

@@ -28,3 +28,13 @@ def test_two_process_simple_trainer_run(tmp_path: Path, wrap: bool) -> None:
     assert names == ["last_checkpoint", "metrics.json", "model_0000002.pth", "model_0000005.pth", "model_final.pth"]
     assert r0["has_total_loss"] and not r1["has_total_loss"]
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.requires_detectron2
+def test_detectron2_comm_sees_the_local_group_under_launch(tmp_path: Path) -> None:
+    from tests.dist_training_job import detectron2_local_rank
+
+    pytest.importorskip("detectron2", reason="detectron2 is not installed")
+    with without_launcher_variables():
+        launch(detectron2_local_rank, 2, dist_url=f"tcp://127.0.0.1:{_free_port()}", args=(str(tmp_path),))
+    assert read_results(tmp_path, 2) == [{"local_rank": 0, "local_size": 2}, {"local_rank": 1, "local_size": 2}]

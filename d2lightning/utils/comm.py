@@ -116,6 +116,9 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
             _LOCAL_PROCESS_GROUP = group
     _LOCAL_SIZE = num_workers_per_machine
     _LOCAL_OWNER = _default_group()
+    from d2lightning import _compat  # a real detectron2's comm gets the same group
+
+    _compat.share_local_process_group(_LOCAL_PROCESS_GROUP)
 
 
 def get_local_process_group() -> dist.ProcessGroup:
