@@ -21,7 +21,6 @@ from d2lightning.data import DatasetCatalog
 from d2lightning.data.datasets import ShapesSpec, register_shapes
 from d2lightning.modeling import META_ARCH_REGISTRY, detector_postprocess
 from d2lightning.structures import Boxes, Instances
-from d2lightning.utils.logger import setup_logger
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "shapes_detector.yaml"
@@ -102,26 +101,6 @@ def write_tiny_config(path: Path, *extra_lines: str) -> Path:
     return path
 
 
-@pytest.fixture
-def restore_loggers() -> Iterator[None]:
-    """DefaultTrainer and default_setup configure loggers process-wide (no propagation): undo it afterwards."""
-    names = ("d2lightning", "lightning.pytorch")
-    saved = {
-        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers), logging.getLogger(n).level)
-        for n in names
-    }
-    yield
-    setup_logger.cache_clear()
-    for n, (propagate, handlers, level) in saved.items():
-        lg = logging.getLogger(n)
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
-
-
 class LogRecords(logging.Handler):
     """Collects the messages of the ``d2lightning`` logger (which does not propagate to pytest's caplog)."""
 
@@ -134,7 +113,7 @@ class LogRecords(logging.Handler):
 
 
 @pytest.fixture
-def d2_log(restore_loggers: None) -> Iterator[LogRecords]:
+def d2_log() -> Iterator[LogRecords]:
     """The messages logged to ``d2lightning.*`` during the test."""
     handler = LogRecords()
     lg = logging.getLogger("d2lightning")

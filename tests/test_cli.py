@@ -27,13 +27,8 @@ from tests.defaults_helpers import (
     red_square_cfg,
     red_square_image,
     register_tiny_datasets,
-    restore_loggers,
     write_tiny_config,
 )
-
-__all__ = ["restore_loggers"]  # fixture used by name
-
-pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,9 @@ from d2lightning.engine.progress import IterationProgressBar
 from d2lightning.evaluation import COCOEvaluator, DatasetEvaluator
 from d2lightning.utils import comm
 from d2lightning.utils.env import seed_all_rng
-from tests.defaults_helpers import TINY_VAL, TINY_VAL2, d2_log, restore_loggers, tiny_cfg
+from tests.defaults_helpers import TINY_VAL, TINY_VAL2, d2_log, tiny_cfg
 
-__all__ = ["d2_log", "restore_loggers"]  # fixtures used by name
+__all__ = ["d2_log"]  # fixture used by name
 
 pytestmark = pytest.mark.usefixtures("d2_log")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,27 +11,6 @@ import torch
 from d2lightning.config import get_cfg
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
 from d2lightning.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
-from d2lightning.utils.logger import setup_logger
-
-
-@pytest.fixture(autouse=True)
-def _restore_loggers() -> Iterator[None]:
-    """default_setup configures loggers process-wide (no propagation); undo it for the other tests."""
-    names = ("d2lightning", "lightning.pytorch")
-    saved = {
-        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers), logging.getLogger(n).level)
-        for n in names
-    }
-    yield
-    setup_logger.cache_clear()
-    for n, (propagate, handlers, level) in saved.items():
-        lg = logging.getLogger(n)
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
 
 
 def test_default_setup_writes_config_log_and_seeds(tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, li
 from tests.extras_jobs import train_tiny_ddp
 from tests.launch_job import read_results, without_launcher_variables
 from tests.test_launch import _free_port
-from tests.tiny_trainer import CountingStream, TinyModel, TinyTrainer, restore_loggers, tiny_cfg  # noqa: F401
+from tests.tiny_trainer import CountingStream, TinyModel, TinyTrainer, tiny_cfg
 
 BF16 = (True, torch.bfloat16)
-pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 
 def train(cfg: Any) -> TinyTrainer:

@@ -12,10 +12,8 @@ from PIL import Image
 
 from d2lightning import plot
 from d2lightning.cli import main
-from tests.tiny_trainer import restore_loggers  # noqa: F401  (fixture)
 
 PNG_SIZE = (900, 1000)  # figsize (9, 10) at 100 dpi
-pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 
 def write_lines(path: Path, records: list[dict[str, Any]]) -> Path:

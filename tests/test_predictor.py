@@ -9,11 +9,7 @@ import torch
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import DefaultPredictor
 from d2lightning.modeling import build_model
-from tests.defaults_helpers import TINY_VAL, red_square_cfg, red_square_image, restore_loggers, tiny_cfg
-
-__all__ = ["restore_loggers"]  # fixture used by name
-
-pytestmark = pytest.mark.usefixtures("restore_loggers")
+from tests.defaults_helpers import TINY_VAL, red_square_cfg, red_square_image, tiny_cfg
 
 BOX = (120, 45, 160, 85)  # x0, y0, x1, y1 of the red square in a 150 x 200 image
 

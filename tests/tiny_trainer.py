@@ -6,18 +6,15 @@ processes, hence a module of its own).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
 from d2lightning.config import get_cfg
 from d2lightning.engine import DefaultTrainer
 from d2lightning.utils import comm
-from d2lightning.utils.logger import setup_logger
 
 
 class TinyModel(nn.Module):
@@ -90,20 +87,3 @@ def tiny_cfg(output_dir: str, *opts: Any) -> Any:
         ]
     )  # fmt: skip
     return cfg
-
-
-@pytest.fixture
-def restore_loggers() -> Iterator[None]:
-    """DefaultTrainer and the CLI configure loggers process-wide (DEBUG, no propagation); undo it afterwards."""
-    names = ("d2lightning", "lightning.pytorch")
-    saved = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers), logging.getLogger(n).level) for n in names}  # fmt: skip
-    yield
-    setup_logger.cache_clear()
-    for n, (propagate, handlers, level) in saved.items():
-        lg = logging.getLogger(n)
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
