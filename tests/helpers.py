@@ -37,6 +37,23 @@ class SimpleModel(nn.Module):
         return {"loss": x.sum() * 0.0 + out.mean() + sum(p.mean() for p in self.parameters())}
 
 
+class PlainModule(pl.LightningModule):
+    """A Lightning user's own module (automatic optimization); hooks see it through ``LightningTrainerView``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), 0.1)
+
+    def train_dataloader(self) -> Any:
+        return torch.utils.data.DataLoader(torch.rand(64, 3), batch_size=4)
+
+
 def infinite_loader(seed: int = 0) -> Iterator[torch.Tensor]:
     """An endless stream of (3, 3) batches, like detectron2's test loader."""
     g = torch.Generator().manual_seed(seed)

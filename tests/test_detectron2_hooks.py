@@ -16,14 +16,13 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
 
 from d2lightning.engine import HookCallback, hooks
 from tests.d2_utils import DETECTRON2_MARKS, MODES, train_d2lightning
-from tests.helpers import SimpleModel, lightning_trainer
+from tests.helpers import PlainModule, SimpleModel, lightning_trainer
 
 pytestmark = DETECTRON2_MARKS
 
@@ -104,28 +103,11 @@ def test_lr_scheduler_without_a_scheduler_anywhere_fails_clearly(mode: str) -> N
     assert model.calls == 0
 
 
-class _PlainModule(pl.LightningModule):
-    """A Lightning user's module (automatic optimization); hooks see it through ``LightningTrainerView``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(3, 1)
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).mean()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), 0.1)
-
-    def train_dataloader(self) -> Any:
-        return torch.utils.data.DataLoader(torch.rand(64, 3), batch_size=4)
-
-
 def test_lr_scheduler_in_a_foreign_lightning_module_takes_lightnings_optimizer() -> None:
     from detectron2.engine import hooks as d2_hooks
     from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-    module = _PlainModule()
+    module = PlainModule()
     multiplier = MultiStepParamScheduler(values=[1.0, 0.5], milestones=[3], num_updates=5)
     lightning_trainer(5, [HookCallback(d2_hooks.LRScheduler(scheduler=multiplier))]).fit(module)
     assert _lrs(module.d2_trainer) == [(0.1, 0), (0.1, 1), (0.1, 2), (0.05, 3), (0.05, 4)]
@@ -136,7 +118,7 @@ def test_lr_scheduler_in_a_foreign_lightning_module_without_scheduler_fails_clea
     from detectron2.engine import hooks as d2_hooks
 
     with pytest.raises(AttributeError, match=r"runs in \(LightningTrainerView\) has no attribute 'scheduler'\."):
-        lightning_trainer(5, [HookCallback(d2_hooks.LRScheduler())]).fit(_PlainModule())
+        lightning_trainer(5, [HookCallback(d2_hooks.LRScheduler())]).fit(PlainModule())
 
 
 # ---------------------------------------------------------------- PeriodicCheckpointer

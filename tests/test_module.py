@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from torch import nn
 
 from d2lightning.engine import D2LightningModule, SimpleTrainer, hooks
 from d2lightning.utils.events import has_event_storage
-from tests.helpers import Recorder, SimpleModel, expected_calls, infinite_loader, lightning_trainer
+from tests.helpers import PlainModule, Recorder, SimpleModel, expected_calls, infinite_loader, lightning_trainer
 
 
 class RecordingLogger(Logger):
@@ -72,20 +70,6 @@ def test_simple_trainer_with_a_lightning_logger() -> None:
 
 
 def test_foreign_lightning_module_gets_a_trainer_view() -> None:
-    class Plain(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = nn.Linear(3, 1)
-
-        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            return self.layer(batch).mean()
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), 0.1)
-
-        def train_dataloader(self) -> Any:
-            return torch.utils.data.DataLoader(torch.rand(64, 3), batch_size=4)
-
     calls: list = []
     seen: dict = {}
 
@@ -93,7 +77,7 @@ def test_foreign_lightning_module_gets_a_trainer_view() -> None:
         pass
 
     probe = Probe(before_train=lambda t: seen.update(model=t.model, optimizer=t.optimizer, max_iter=t.max_iter))
-    module = Plain()
+    module = PlainModule()
     lightning_trainer(3, [Recorder("A", calls), hooks.IterationTimer(warmup_iter=0), probe]).fit(module)
     assert calls == expected_calls(["A"], 0, 3)
     assert seen["model"] is module and seen["max_iter"] == 3
