@@ -190,9 +190,12 @@ def _quiet_lightning_notices() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     if "SLURM_JOB_ID" not in os.environ:  # outside a Slurm job, the "srun is available" hint is noise
         warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
+    # one module-level function: addFilter ignores it when already there, so repeated main() calls add nothing
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

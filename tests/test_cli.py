@@ -309,3 +309,14 @@ def test_train_and_eval_take_detectron2s_arguments(command):
     if command == "eval":
         expected["eval_only"] = True
     assert args == expected
+
+
+def test_repeated_main_calls_install_the_lightning_tip_filter_once() -> None:
+    import logging
+
+    from d2lightning.cli import _quiet_lightning_notices
+
+    _quiet_lightning_notices()
+    _quiet_lightning_notices()
+    filters = logging.getLogger("lightning.pytorch.utilities.rank_zero").filters
+    assert sum(getattr(f, "__name__", "") == "_not_a_tip" for f in filters) == 1
