@@ -6,7 +6,8 @@
 
 from typing import Any
 
-__version__ = "0.1.0.dev0"
+from d2lightning._version import __version__
+
 __all__ = ["D2LightningModule", "HookCallback", "__version__"]
 
 
@@ -17,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return D2LightningModule
     if name == "HookCallback":
-        from d2lightning.engine.adapter import HookCallback
+        from d2lightning.engine.hook_base import HookCallback
 
         return HookCallback
     raise AttributeError(f"module 'd2lightning' has no attribute {name!r}")

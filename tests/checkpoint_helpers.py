@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from d2lightning.engine import D2LightningModule, SimpleTrainer
-from d2lightning.engine.adapter import as_callback
+from d2lightning.engine.hook_base import as_callback
 from tests.helpers import infinite_loader, lightning_trainer
 
 MODES = ["simple", "lightning"]

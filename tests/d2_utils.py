@@ -22,7 +22,7 @@ from torch import nn
 
 from d2lightning._compat import DETECTRON2_MISSING_REASON, detectron2_available
 from d2lightning.engine import D2LightningModule, SimpleTrainer
-from d2lightning.engine.adapter import as_callback
+from d2lightning.engine.hook_base import as_callback
 from tests.helpers import infinite_loader, lightning_trainer
 
 #: ``pytestmark = DETECTRON2_MARKS`` marks every test of a module ``requires_detectron2`` and skips it with

@@ -175,7 +175,7 @@ def run(mode: str, hooks: list[Any], start: int, stop: int, model: nn.Module | N
         return trainer
     assert start == 0, "a plain Lightning fit starts at 0"
     module = D2LightningModule(model, infinite_loader(), optimizer)
-    from d2lightning.engine.adapter import as_callback
+    from d2lightning.engine.hook_base import as_callback
 
     lightning_trainer(stop, [as_callback(h) for h in hooks]).fit(module)
     return module.d2_trainer

@@ -3,7 +3,8 @@
 Trains a linear model on a deterministic, seekable stream (batch ``i`` depends only on ``i`` and the rank), so
 a resumed run is bit-identical to an uninterrupted one. Hooks: IterationTimer, PeriodicCheckpointer (period 8,
 main process), PeriodicWriter (metrics.json every 20 iterations, main process) — and, inside a "Slurm job"
-(``SLURM_JOB_ID`` set), the ``SlurmPreemption`` hook that ``train()`` adds by itself. ``--resume`` semantics:
+(``SLURM_JOB_ID`` set), the ``SlurmPreemption`` hook, registered as a script of one's own does (DefaultTrainer adds
+it by itself). ``--resume`` semantics:
 the run starts after the last checkpoint of ``OUT`` when there is one.
 
 With ``PAUSE_AT`` (on rank 0), the run stops after that iteration, writes ``OUT/paused`` (holding its pid) and
@@ -53,6 +54,8 @@ class Regressor(nn.Module):
 def main(out: str, max_iter: int, pause_at: int | None) -> None:
     from d2lightning.checkpoint import DetectionCheckpointer
     from d2lightning.engine import SimpleTrainer, hooks
+    from d2lightning.slurm import SlurmPreemption
+    from d2lightning.slurm.lightning_setup import preemption_enabled
     from d2lightning.utils import comm
     from d2lightning.utils.events import JSONWriter
     from d2lightning.utils.logger import setup_logger
@@ -70,6 +73,7 @@ def main(out: str, max_iter: int, pause_at: int | None) -> None:
             hooks.PeriodicCheckpointer(checkpointer, 8) if main_process else None,
             hooks.PeriodicWriter([JSONWriter(os.path.join(out, "metrics.json"))], 20) if main_process else None,
             _Pause(out, pause_at) if pause_at is not None and main_process else None,
+            SlurmPreemption() if preemption_enabled() else None,
         ]
     )
     checkpointer.resume_or_load("", resume=True)

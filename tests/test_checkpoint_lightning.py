@@ -13,8 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 
 from d2lightning.checkpoint import Checkpointer, DetectionCheckpointer
-from d2lightning.checkpoint.lightning_state import MARKER_KEY, _gathers_state_per_process
+from d2lightning.checkpoint.lightning_state import MARKER_KEY
 from d2lightning.engine import AMPTrainer, D2LightningModule, SimpleTrainer, hooks
+from d2lightning.engine.run import _holds_full_state
 from tests.checkpoint_helpers import MODES, files, fit, loader_from
 from tests.helpers import SimpleModel, lightning_trainer
 
@@ -138,7 +139,7 @@ def test_key_clash_keeps_detectron2_keys_and_warns_once(tmp_path: Path, caplog: 
 def test_state_is_gathered_per_process_only_under_plain_strategies() -> None:
     opt = torch.optim.SGD(SimpleModel().parameters(), 0.1)
     single = SingleDeviceStrategy(device=torch.device("cpu"))
-    assert _gathers_state_per_process(SimpleNamespace(strategy=single, optimizers=[opt]))
-    assert not _gathers_state_per_process(SimpleNamespace(strategy=FSDPStrategy(), optimizers=[opt]))
+    assert _holds_full_state(SimpleNamespace(strategy=single, optimizers=[opt]))
+    assert not _holds_full_state(SimpleNamespace(strategy=FSDPStrategy(), optimizers=[opt]))
     zero = SimpleNamespace(consolidate_state_dict=lambda: None)  # like ZeroRedundancyOptimizer
-    assert not _gathers_state_per_process(SimpleNamespace(strategy=single, optimizers=[zero]))
+    assert not _holds_full_state(SimpleNamespace(strategy=single, optimizers=[zero]))

@@ -15,7 +15,6 @@ import torch
 
 from d2lightning import _compat
 from d2lightning.engine import SimpleTrainer, hooks
-from d2lightning.engine import adapter as adapter_module
 from d2lightning.utils.events import EventStorage, get_event_storage
 from tests.d2_utils import MODES, d2_recorder, requires_detectron2, train_d2lightning
 from tests.helpers import SimpleModel, infinite_loader
@@ -88,7 +87,7 @@ def test_a_run_shares_its_storage_once_not_per_iteration(
     counts: dict[str, int] = {}
     _counting(monkeypatch, _compat, "share_storage", counts)
     _counting(monkeypatch, _compat, "unshare_storage", counts)
-    _counting(monkeypatch, adapter_module, "check_detectron2_hooks", counts)
+    _counting(monkeypatch, _compat, "check_detectron2_hooks", counts)
     seen: list[tuple[str, int, bool]] = []
 
     def look(point: str) -> Any:

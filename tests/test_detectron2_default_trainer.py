@@ -126,7 +126,6 @@ def test_default_trainer_builds_with_detectron2s_factories(detectron2_run: Path,
     from lightning.pytorch.accelerators import CPUAccelerator
 
     from d2lightning.engine import hooks
-    from d2lightning.engine.adapter import current_run
     from d2lightning.utils.env import seed_all_rng
 
     class Trainer(DefaultTrainer):
@@ -156,7 +155,7 @@ def test_default_trainer_builds_with_detectron2s_factories(detectron2_run: Path,
     ]  # fmt: skip
     assert trainer.lightning_kwargs == {"accelerator": "cpu"}  # from MODEL.DEVICE "cpu"
     accelerators: list[Any] = []
-    trainer.register_hooks([hooks.CallbackHook(before_train=lambda t: accelerators.append(current_run().pl_trainer))])
+    trainer.register_hooks([hooks.CallbackHook(before_train=lambda t: accelerators.append(t.lightning_trainer))])
     trainer.resume_or_load(resume=False)
     results = trainer.train()
 

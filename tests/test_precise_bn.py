@@ -15,7 +15,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from d2lightning.engine import hooks
-from d2lightning.engine.adapter import current_run
 from d2lightning.layers import get_bn_modules, update_bn_stats
 from d2lightning.utils.events import get_event_storage
 from tests.helpers import SimpleModel, run
@@ -160,7 +159,7 @@ def test_hook_period_and_persistent_iterator(mode: str) -> None:
 def test_hook_after_an_early_stop_runs_the_final_update_once() -> None:
     def stop_at_2(trainer: Any) -> None:
         if trainer.iter == 2:
-            current_run().pl_trainer.should_stop = True  # type: ignore[union-attr]
+            trainer.lightning_trainer.should_stop = True
 
     model = BNModel()
     loader = RecordingLoader()

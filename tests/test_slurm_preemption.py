@@ -10,6 +10,7 @@ model_final.pth and metrics.json lines for iterations 19, 39 and 49.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -260,24 +261,38 @@ def test_signal_in_the_last_period_lets_the_run_finish(tmp_path: Path, monkeypat
     ]
 
 
-def test_train_adds_the_hook_only_inside_a_slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def callbacks_of(trainer: SimpleTrainer) -> list[str]:
-        return [type(cb).__name__ for cb in trainer.lightning_trainer.callbacks]
+def test_default_trainer_adds_the_hook_only_inside_a_slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from d2lightning.engine import DefaultTrainer
+    from tests.defaults_helpers import tiny_cfg
+
+    def preemption_hooks(trainer: DefaultTrainer) -> int:
+        return sum(isinstance(h, SlurmPreemption) for h in trainer._hooks)
 
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
-    plain = SimpleTrainer(Regressor(), Stream(0), torch.optim.SGD(Regressor().parameters(), lr=0.1))
-    plain.train(0, 2)
-    assert "SlurmPreemption" not in callbacks_of(plain)
+    assert preemption_hooks(DefaultTrainer(tiny_cfg(tmp_path))) == 0
     monkeypatch.setenv("SLURM_JOB_ID", "424242")
-    slurm = SimpleTrainer(Regressor(), Stream(0), torch.optim.SGD(Regressor().parameters(), lr=0.1))
-    slurm.train(0, 2)
-    slurm.train(0, 2)  # a second train() does not add a second one
-    assert callbacks_of(slurm).count("SlurmPreemption") == 1
+    assert preemption_hooks(DefaultTrainer(tiny_cfg(tmp_path))) == 1
     monkeypatch.setenv("D2L_SLURM_PREEMPTION", "0")
-    off = SimpleTrainer(Regressor(), Stream(0), torch.optim.SGD(Regressor().parameters(), lr=0.1))
-    off.train(0, 2)
-    assert "SlurmPreemption" not in callbacks_of(off)
+    assert preemption_hooks(DefaultTrainer(tiny_cfg(tmp_path))) == 0
+
+
+def test_a_loop_of_ones_own_inside_a_slurm_job_is_told_to_register_the_hook(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_JOB_ID", "424242")
+    plain = SimpleTrainer(Regressor(), Stream(0), torch.optim.SGD(Regressor().parameters(), lr=0.1))
+    with caplog.at_level(logging.WARNING, logger="d2lightning"):
+        plain.train(0, 2)
+    assert "Slurm job 424242" in caplog.text and "register d2lightning.slurm.SlurmPreemption" in caplog.text
+    caplog.clear()
+    handled = SimpleTrainer(Regressor(), Stream(0), torch.optim.SGD(Regressor().parameters(), lr=0.1))
+    handled.register_hooks([SlurmPreemption()])
+    with caplog.at_level(logging.WARNING, logger="d2lightning"):
+        handled.train(0, 2)
+    assert "SlurmPreemption" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -156,17 +156,18 @@ def test_hooks_interleaved_with_lightning_callbacks_in_list_order() -> None:
         LightningRecorder("L2", calls),
     ]
     run("simple", hooks, 0, 2)
-    # Every callback's methods, in the list order, at each hook point; Lightning sees global_step, which is
-    # iter in before_step and iter + 1 in after_step.
+    # At each step, every callback's methods in the list order; Lightning sees global_step, which is iter in
+    # before_step and iter + 1 in after_step. before_train/after_train are detectron2's TrainerBase methods (every
+    # hook, in order), called by the run before Lightning's own on_train_start/on_train_end callbacks.
     assert calls == [
-        ("A", "before_train", 0), ("L1", "on_train_start", 0), ("D", "before_train", 0), ("L2", "on_train_start", 0),
+        ("A", "before_train", 0), ("D", "before_train", 0), ("L1", "on_train_start", 0), ("L2", "on_train_start", 0),
         ("A", "before_step", 0), ("L1", "on_train_batch_start", 0), ("D", "before_step", 0), ("L2", "on_train_batch_start", 0),
         ("A", "after_backward", 0), ("L1", "on_after_backward", 0), ("L2", "on_after_backward", 0),
         ("A", "after_step", 0), ("L1", "on_train_batch_end", 1), ("D", "after_step", 0), ("L2", "on_train_batch_end", 1),
         ("A", "before_step", 1), ("L1", "on_train_batch_start", 1), ("D", "before_step", 1), ("L2", "on_train_batch_start", 1),
         ("A", "after_backward", 1), ("L1", "on_after_backward", 1), ("L2", "on_after_backward", 1),
         ("A", "after_step", 1), ("L1", "on_train_batch_end", 2), ("D", "after_step", 1), ("L2", "on_train_batch_end", 2),
-        ("A", "after_train", 2), ("L1", "on_train_end", 2), ("D", "after_train", 2), ("L2", "on_train_end", 2),
+        ("A", "after_train", 2), ("D", "after_train", 2), ("L1", "on_train_end", 2), ("L2", "on_train_end", 2),
     ]  # fmt: skip
 
 
@@ -540,7 +541,7 @@ def test_lightning_trainer_needs_max_steps() -> None:
 
 
 def test_module_constructor_errors() -> None:
-    with pytest.raises(TypeError, match=r"missing \['data_loader', 'optimizer'\]"):
+    with pytest.raises(TypeError, match=r"needs a model and an optimizer \(or trainer=\); missing \['optimizer'\]"):
         D2LightningModule(SimpleModel())
     model = SimpleModel()
     trainer = SimpleTrainer(model, infinite_loader(), torch.optim.SGD(model.parameters(), 0.1))

@@ -5,7 +5,7 @@ d2lightning adds:
 
 - every file (checkpoint and ``last_checkpoint``) is written atomically (:mod:`.atomic`);
 - a checkpoint saved during a Lightning fit of the model also holds Lightning's full state, so the file is a
-  valid ``Trainer.fit(ckpt_path=...)`` (:mod:`.lightning_state`);
+  valid ``Trainer.fit(ckpt_path=...)`` (:mod:`.lightning_state`; the fit sets :attr:`Checkpointer.training_state`);
 - an unreadable file raises :class:`CorruptCheckpointError` naming it, and :meth:`Checkpointer.resume_or_load`
   then falls back to the newest readable checkpoint of the directory.
 """
@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove_stale_temp_files
-from d2lightning.checkpoint.lightning_state import add_lightning_state, pop_lightning_state
+from d2lightning.checkpoint.lightning_state import merge_lightning_state, pop_lightning_state
 from d2lightning.checkpoint.model_loading import IncompatibleKeys, load_model_state, log_incompatible_keys
 
 __all__ = ["Checkpointer", "CorruptCheckpointError"]
@@ -65,6 +65,9 @@ class Checkpointer:
     """
 
     weights_only: bool = True
+    #: Set by a Lightning fit that trains this checkpointer's model, for its duration: returns the fit's full
+    #: Lightning state (or why it cannot be had), which :meth:`save` adds to the file. None otherwise.
+    training_state: Callable[[], dict[str, Any] | str] | None = None
 
     def __init__(
         self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any
@@ -123,7 +126,7 @@ class Checkpointer:
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
-        reason = add_lightning_state(data, self.model)
+        reason = self._add_training_state(data)
         if reason is not None and reason != self._lightning_warning:
             self._lightning_warning = reason
             self.logger.warning(reason)
@@ -132,6 +135,15 @@ class Checkpointer:
         os.makedirs(self.save_dir, exist_ok=True)
         atomic_save(data, save_file)
         self.tag_last_checkpoint(basename)
+
+    def _add_training_state(self, data: dict[str, Any]) -> str | None:
+        """Add the running fit's Lightning state to ``data``; return why not when it cannot be added."""
+        if self.training_state is None:
+            return None
+        state = self.training_state()
+        if isinstance(state, str):
+            return state
+        return merge_lightning_state(data, state)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Write ``last_filename_basename`` into ``save_dir/last_checkpoint`` (atomically)."""

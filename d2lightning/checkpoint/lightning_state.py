@@ -2,64 +2,47 @@
 
 A checkpoint saved while a Lightning fit is training the checkpointer's model gets, next to detectron2's keys
 (``"model"``, one per checkpointable, ``"iteration"``...), the dictionary Lightning itself would write
-(``dump_checkpoint``: ``state_dict``, ``loops``, ``callbacks``, ``optimizer_states``, ``lr_schedulers``,
-precision-plugin state, ``global_step``...), plus a marker ``"d2lightning": {"lightning_keys": [...]}`` naming
-the keys that are Lightning's. The same ``model_0000009.pth`` is then both a detectron2 checkpoint (its loaders
-ignore unknown keys; ours also drop the marked ones) and a ``Trainer.fit(ckpt_path=...)`` file. Tensors shared
-by both halves (weights, optimizer state) are stored once by ``torch.save``.
+(``state_dict``, ``loops``, ``callbacks``, ``optimizer_states``, ``lr_schedulers``, precision-plugin state,
+``global_step``...), plus a marker ``"d2lightning": {"lightning_keys": [...]}`` naming the keys that are
+Lightning's. The same ``model_0000009.pth`` is then both a detectron2 checkpoint (its loaders ignore unknown keys;
+ours also drop the marked ones) and a ``Trainer.fit(ckpt_path=...)`` file. Tensors shared by both halves (weights,
+optimizer state) are stored once by ``torch.save``.
 
-The state is gathered on the saving process only, without any collective, which is correct wherever each
-process holds the full state (single device, DDP) — detectron2 saves on the main process only, and so do we.
-Under strategies that shard or gather state collectively (FSDP, DeepSpeed, XLA, a ``ZeroRedundancyOptimizer``)
-gathering on one rank would hang, so the Lightning half is left out there with a warning; use Lightning's
-``ModelCheckpoint`` for those. (A user callback whose ``state_dict``/``on_save_checkpoint`` runs a collective
-would hang here too.)
+The fit hands the state in: while it trains a checkpointer's model, the engine sets the checkpointer's
+``training_state`` to a function returning it (gathered on the saving process only, without any collective, which
+is correct wherever each process holds the full state: single device, DDP). This module only merges and splits.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from lightning.pytorch.strategies.strategy import Strategy
+import torch
 from torch import nn
 
 __all__ = [
     "MARKER_KEY",
-    "add_lightning_state",
     "from_lightning_checkpoint",
+    "holds_lightning_state",
     "is_lightning_checkpoint",
+    "merge_lightning_state",
     "pop_lightning_state",
 ]
 
 #: Top-level key naming the Lightning keys of a combined file.
 MARKER_KEY = "d2lightning"
-_PER_PROCESS_METHODS = ("optimizer_state", "lightning_module_state_dict", "save_checkpoint")
 
 
-def add_lightning_state(data: dict[str, Any], model: nn.Module) -> str | None:
-    """Add the running Lightning fit's full state to ``data`` when that fit trains ``model``.
+def merge_lightning_state(data: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """Add Lightning's ``state`` to the checkpoint ``data``, with the marker naming its keys.
 
-    Nothing is added outside a Lightning fit or when ``model`` is not part of the fitted LightningModule.
-    Nothing is added either, and the reason is returned for the caller to warn about, under a strategy that
-    gathers state collectively or when a Lightning key is already used in ``data`` (a checkpointable named
-    ``"loops"``, say: detectron2's keys win).
+    Nothing is added, and the reason is returned for the caller to warn about, when a Lightning key is already
+    used in ``data`` (a checkpointable named ``"loops"``, say: detectron2's keys win).
 
     Returns:
         None, or why the Lightning state was left out.
     """
-    from d2lightning.engine.adapter import current_run
-
-    run = current_run()
-    if run is None or not any(m is model for m in run.pl_module.modules()):
-        return None
-    pl_trainer = run.pl_trainer
-    if not _gathers_state_per_process(pl_trainer):
-        return (
-            f"Checkpoints written under {type(pl_trainer.strategy).__name__} hold detectron2's keys only: that "
-            "strategy gathers the full Lightning state collectively. Use lightning's ModelCheckpoint for files "
-            "that Trainer.fit(ckpt_path=...) can resume from."
-        )
-    state = pl_trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
     clash = sorted(set(state) & (set(data) | {MARKER_KEY}))
     if clash:
         return (
@@ -69,6 +52,15 @@ def add_lightning_state(data: dict[str, Any], model: nn.Module) -> str | None:
     data.update(state)
     data[MARKER_KEY] = {"lightning_keys": sorted(state)}
     return None
+
+
+def holds_lightning_state(path: str | os.PathLike[str]) -> bool:
+    """Whether the checkpoint file ``path`` carries Lightning's state (readable, with the marker); never raises."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(checkpoint, dict) and isinstance(checkpoint.get(MARKER_KEY), dict)
 
 
 def pop_lightning_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +105,3 @@ def _prefixes(weights: dict[str, Any]) -> list[str]:
     """Candidate module prefixes (``model.``, ``model.backbone.``...), shortest first."""
     found = {k[: i + 1] for k in weights for i, c in enumerate(k) if c == "."}
     return sorted(found, key=len)
-
-
-def _gathers_state_per_process(pl_trainer: Any) -> bool:
-    strategy = pl_trainer.strategy
-    if any(getattr(type(strategy), name) is not getattr(Strategy, name) for name in _PER_PROCESS_METHODS):
-        return False
-    return not any(hasattr(opt, "consolidate_state_dict") for opt in pl_trainer.optimizers)

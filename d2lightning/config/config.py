@@ -324,12 +324,9 @@ def _rebuild(
 def get_cfg() -> CfgNode:
     """A fresh copy of the default config (detectron2 ``get_cfg``), checked against the key registry.
 
-    Holds detectron2's keys and defaults plus d2lightning's and every key added with
-    :func:`~d2lightning.config.extend_defaults` before this call, including the keys of the built-in model
-    architectures (their module is imported here so that they are always present).
+    Holds detectron2's keys and defaults plus d2lightning's (those of the built-in model included) and every key
+    added with :func:`~d2lightning.config.extend_defaults` before this call.
     """
-    import d2lightning.modeling  # noqa: F401  # registers the built-in architectures' MODEL.* keys
-
     cfg = CfgNode(schema.default_tree())
     cfg._adopt((), True)
     return cfg

@@ -1,8 +1,9 @@
 """The built-in default config tree: detectron2's ``detectron2/config/defaults.py`` keys plus d2lightning's.
 
 Every key that detectron2's engine, solver and data loading read is here with detectron2's name and default
-value (detectron2 HEAD, ``VERSION = 2``). Architecture-specific ``MODEL.*`` keys (``MODEL.RPN``,
-``MODEL.ROI_HEADS``, ...) are not: a model declares its own with
+value (detectron2 HEAD, ``VERSION = 2``), and, as detectron2's defaults hold its architectures' keys, those of
+the built-in ``ShapesDetector`` (``MODEL.SHAPES_DETECTOR``). detectron2's architecture-specific ``MODEL.*`` keys
+(``MODEL.RPN``, ``MODEL.ROI_HEADS``, ...) are not: a model declares its own with
 :func:`d2lightning.config.extend_defaults`, and when detectron2 is installed its whole default tree is added
 the same way, so detectron2 model-zoo files load as they are.
 
@@ -18,7 +19,7 @@ from typing import Any
 from d2lightning.config import validators as v
 from d2lightning.config.spec import KeySpec
 
-__all__ = ["BUILTIN_DEFAULTS", "BUILTIN_SOURCE"]
+__all__ = ["BUILTIN_DEFAULTS", "BUILTIN_SOURCE", "SHAPES_DETECTOR_DEFAULTS"]
 
 BUILTIN_SOURCE = "d2lightning.config.defaults"
 
@@ -34,6 +35,23 @@ _MODEL: dict[str, Any] = {
     "PIXEL_MEAN": [103.530, 116.280, 123.675],
     "PIXEL_STD": [1.0, 1.0, 1.0],
 }
+
+#: The keys of the built-in detector (``d2lightning.modeling.ShapesDetector``) and their defaults.
+SHAPES_DETECTOR_DEFAULTS: dict[str, Any] = {
+    "MODEL": {
+        "SHAPES_DETECTOR": {
+            "NUM_CLASSES": 3,
+            "BACKBONE_WIDTHS": [16, 32, 64, 96],
+            "HEAD_WIDTH": 32,
+            "GAUSSIAN_ALPHA": 0.54,
+            "HEATMAP_LOSS_WEIGHT": 1.0,
+            "BOX_LOSS_WEIGHT": 5.0,
+            "SCORE_THRESH_TEST": 0.05,
+            "DETECTIONS_PER_IMAGE": 100,
+        }
+    }
+}
+_MODEL.update(SHAPES_DETECTOR_DEFAULTS["MODEL"])
 
 _INPUT: dict[str, Any] = {
     # Shortest-edge resize (ResizeShortestEdge): sizes to choose from ("choice") or a [min, max] ("range").

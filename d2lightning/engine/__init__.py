@@ -1,15 +1,16 @@
 """detectron2's ``engine`` on PyTorch Lightning: ``from d2lightning.engine import SimpleTrainer, hooks``."""
 
 from d2lightning.engine import hooks
-from d2lightning.engine.adapter import HookCallback
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.default_trainer import DefaultTrainer
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
+from d2lightning.engine.hook_base import HookBase, HookCallback
 from d2lightning.engine.launch import DEFAULT_TIMEOUT, launch
 from d2lightning.engine.module import D2LightningModule
 from d2lightning.engine.predictor import DefaultPredictor
-from d2lightning.engine.train_loop import HookBase, SimpleTrainer, TrainerBase
+from d2lightning.engine.simple_trainer import SimpleTrainer
+from d2lightning.engine.trainer_base import TrainerBase
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from d2lightning.engine.simple_trainer import SimpleTrainer
 from d2lightning.engine.step import forward_backward
-from d2lightning.engine.train_loop import SimpleTrainer
 from d2lightning.utils.events import get_event_storage
 
 __all__ = ["AMPTrainer"]
@@ -34,7 +34,7 @@ class AMPTrainer(SimpleTrainer):
     def __init__(
         self,
         model: torch.nn.Module,
-        data_loader: Iterable[Any],
+        data_loader: Iterable[Any] | None,
         optimizer: torch.optim.Optimizer,
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,

@@ -22,9 +22,10 @@ from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import hooks
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
-from d2lightning.engine.defaults import default_writers
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
-from d2lightning.engine.train_loop import SimpleTrainer, TrainerBase
+from d2lightning.engine.simple_trainer import SimpleTrainer
+from d2lightning.engine.trainer_base import TrainerBase
+from d2lightning.engine.writers import default_writers
 from d2lightning.evaluation import (
     DatasetEvaluator,
     flatten_results_dict,
@@ -117,6 +118,18 @@ class DefaultTrainer(TrainerBase):
         )
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
+        self._add_slurm_support()
+
+    def _add_slurm_support(self) -> None:
+        """Inside a Slurm job: the preemption hook (checkpoint, requeue, exact resume) and Lightning's own
+        auto-requeue off (see :mod:`d2lightning.slurm.lightning_setup`)."""
+        from d2lightning.slurm.lightning_setup import add_slurm_support
+
+        extra: dict[str, Any] = {"callbacks": list(self._hooks), "plugins": self.lightning_kwargs.get("plugins")}
+        add_slurm_support(extra)
+        self.register_hooks(extra["callbacks"][len(self._hooks) :])
+        if extra["plugins"] is not None:
+            self.lightning_kwargs["plugins"] = extra["plugins"]
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR``'s last checkpoint if ``resume`` and one exists, else load ``MODEL.WEIGHTS``.
@@ -151,9 +164,11 @@ class DefaultTrainer(TrainerBase):
 
     def build_hooks(self) -> list[Any]:
         """detectron2's default hooks, in this order: IterationTimer, LRScheduler, PreciseBN (if enabled and the
-        model has BN in training mode), PeriodicCheckpointer (main process), EvalHook (every rank),
-        PeriodicWriter (main process). PreciseBN comes first so its statistics are saved; the checkpoint is
-        written before evaluation (which may fail); the writer runs last so it sees the evaluation results.
+        model has BN in training mode), PeriodicCheckpointer, EvalHook (every rank), PeriodicWriter (main
+        process). PreciseBN comes first so its statistics are saved; the checkpoint is written before evaluation
+        (which may fail); the writer runs last so it sees the evaluation results. Unlike detectron2, the
+        PeriodicCheckpointer is on every rank (files are still written by the main process only), so that the
+        checkpoint holds every rank's RNG states and a resumed run continues exactly on every rank.
         """
         cfg = self.cfg.clone()
         cfg.defrost()
@@ -165,11 +180,14 @@ class DefaultTrainer(TrainerBase):
                 cfg.TEST.EVAL_PERIOD, self.model, self._precise_bn_loader, cfg.TEST.PRECISE_BN.NUM_ITER
             )
         ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
-        if comm.is_main_process():
-            max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
-            ret.append(
-                hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep)
+        # On every rank (detectron2: the main process only; the checkpointer writes on the main process either
+        # way), so that the checkpoint holds every rank's RNG states.
+        max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
+        ret.append(
+            hooks.PeriodicCheckpointer(
+                self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep, gather_rng_states=True
             )
+        )
 
         def test_and_save_results() -> Any:
             self._last_eval_results = self.test(self.cfg, self.model)

@@ -1,6 +1,6 @@
 """Common training-script boilerplate with detectron2's names (``detectron2.engine.defaults``).
 
-``default_argument_parser``, ``default_setup`` and ``default_writers`` live here; ``DefaultTrainer`` and
+``default_argument_parser`` and ``default_setup`` live here; ``default_writers``, ``DefaultTrainer`` and
 ``DefaultPredictor`` (in their own modules) are importable from here too, as in detectron2.
 """
 
@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from d2lightning.engine.default_trainer import DefaultTrainer
+from d2lightning.engine.predictor import DefaultPredictor
+from d2lightning.engine.writers import default_writers
 from d2lightning.utils import comm
 from d2lightning.utils.env import collect_env_info, seed_all_rng
-from d2lightning.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from d2lightning.utils.logger import setup_logger
 
-__all__ = ["default_argument_parser", "default_setup", "default_writers"]
+__all__ = ["DefaultPredictor", "DefaultTrainer", "default_argument_parser", "default_setup", "default_writers"]
 
 
 def _default_port() -> int:
@@ -161,32 +163,3 @@ def default_setup(cfg: Any, args: Any) -> None:
         torch.set_float32_matmul_precision(precision)
         torch.backends.cuda.matmul.allow_tf32 = precision != "highest"
         torch.backends.cudnn.allow_tf32 = precision != "highest"
-
-
-def default_writers(output_dir: str, max_iter: int | None = None) -> list[EventWriter]:
-    """detectron2's writers: the console printer, ``output_dir/metrics.json`` and TensorBoard in ``output_dir``.
-
-    Args:
-        output_dir: the directory (created if missing).
-        max_iter: the run's ``max_iter``, for the printer's ETA.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    return [
-        CommonMetricPrinter(max_iter),
-        JSONWriter(os.path.join(output_dir, "metrics.json")),
-        TensorboardXWriter(output_dir),
-    ]
-
-
-def __getattr__(name: str) -> object:
-    # detectron2 users write `from detectron2.engine.defaults import DefaultTrainer`; the classes live in their
-    # own modules (which import this one), so they are resolved lazily.
-    if name == "DefaultTrainer":
-        from d2lightning.engine.default_trainer import DefaultTrainer
-
-        return DefaultTrainer
-    if name == "DefaultPredictor":
-        from d2lightning.engine.predictor import DefaultPredictor
-
-        return DefaultPredictor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from d2lightning.engine.train_loop import _is_hook
+from d2lightning.engine.trainer_base import _is_hook
 from d2lightning.utils import comm
 
 __all__ = [

@@ -1,34 +1,44 @@
 """How ``TrainerBase.train`` builds the ``lightning.pytorch.Trainer`` it runs on.
 
-The defaults reproduce detectron2's loop and nothing more: iteration-based (``max_steps``, no epochs), no
-sanity validation, no Lightning checkpointing, logger, progress bar or model summary (detectron2's hooks and
-writers do those jobs; checkpointing is switched on when a Lightning ``Checkpoint`` callback is registered), no
-distributed sampler (detectron2 loaders shard themselves), and the device the model already lives on. Inside a
-process started by ``launch``, ``srun`` or ``torchrun``, the Trainer joins that run with DDP.
-``trainer.lightning_kwargs`` overrides any of them (loggers, precision, strategy...). Inside a Slurm job,
-:func:`d2lightning.slurm.lightning_setup.add_slurm_support` adds the preemption hook and turns Lightning's own
-auto-requeue off.
+The defaults reproduce detectron2's loop and nothing more: iteration-based (``max_steps``, no epochs), no sanity
+validation, no Lightning checkpointing, logger, progress bar or model summary (detectron2's hooks and writers do
+those jobs; checkpointing is switched on when a Lightning ``Checkpoint`` callback is registered), no distributed
+sampler (detectron2 loaders shard themselves), a profiler that records nothing at no cost, and the device the model
+already lives on. Inside a process started by ``launch``, ``srun`` or ``torchrun``, the Trainer joins that run with
+DDP. ``trainer.lightning_kwargs`` overrides any of them (loggers, precision, strategy, profiler, plugins...): that
+is also how a caller hands cluster support in.
+
+Inside a Slurm job, Lightning's own auto-requeue (which checkpoints inside its signal handler) is switched off; the
+preemption hook that checkpoints at an iteration boundary and requeues (``d2lightning.slurm.SlurmPreemption``) is
+registered by the caller — ``DefaultTrainer`` and the CLI do — and a run without one says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.profilers import Profiler
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from d2lightning.engine.adapter import as_callback, set_global_step
+from d2lightning.engine import _lightning
 from d2lightning.engine.cluster import detect_cluster_environment, lightning_cluster_environment
-from d2lightning.slurm.lightning_setup import add_slurm_support
+from d2lightning.engine.hook_base import as_callback
+from d2lightning.engine.run import TrainingRun
 from d2lightning.utils import comm
 
 if TYPE_CHECKING:
     from d2lightning.engine.train_loop import TrainerBase
 
 __all__ = ["build_lightning_trainer", "default_trainer_kwargs"]
+
+logger = logging.getLogger(__name__)
 
 _OWNED_BY_TRAIN = ("max_steps", "callbacks")
 
@@ -43,9 +53,77 @@ def default_trainer_kwargs(trainer: TrainerBase) -> dict[str, Any]:
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "use_distributed_sampler": False,
+        "profiler": _NoProfiler(),
     }
     kwargs.update(_device_kwargs(getattr(trainer, "model", None)))
     return kwargs
+
+
+def build_lightning_trainer(trainer: TrainerBase, run: TrainingRun, start_iter: int, max_iter: int) -> pl.Trainer:
+    """A Lightning Trainer that runs ``trainer``'s iterations ``start_iter .. max_iter - 1`` with its hooks.
+
+    The callbacks are ``run`` first, then the registered hooks in their order.
+
+    Raises:
+        ValueError: when ``trainer.lightning_kwargs`` sets ``max_steps`` or ``callbacks`` (they come from
+            ``train(start_iter, max_iter)`` and ``register_hooks``).
+    """
+    user = dict(trainer.lightning_kwargs)
+    for key in _OWNED_BY_TRAIN:
+        if key in user:
+            source = "train(start_iter, max_iter)" if key == "max_steps" else "register_hooks([...])"
+            raise ValueError(f"lightning_kwargs[{key!r}] is not allowed: it comes from {source}")
+    kwargs = default_trainer_kwargs(trainer)
+    kwargs.update(user)
+    kwargs["max_steps"] = max_iter
+    kwargs["callbacks"] = [run, *(as_callback(h) for h in trainer._hooks)]
+    _inside_slurm(kwargs)
+    if "enable_checkpointing" not in user and any(isinstance(cb, Checkpoint) for cb in kwargs["callbacks"]):
+        kwargs["enable_checkpointing"] = True
+    pl_trainer = pl.Trainer(**kwargs)
+    _lightning.start_at_iteration(pl_trainer, start_iter)
+    return pl_trainer
+
+
+_NULL = contextlib.nullcontext()  # one shared, reusable null context
+
+
+def _inside_slurm(kwargs: dict[str, Any]) -> None:
+    """Lightning's auto-requeue off under ``srun``; a warning when nothing handles Slurm's signals."""
+    from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+    plugins = kwargs.get("plugins")
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=False)]
+    job = os.environ.get("SLURM_JOB_ID")
+    if (
+        job
+        and comm.is_main_process()
+        and not any(getattr(cb, "handles_preemption", False) for cb in kwargs["callbacks"])
+    ):
+        logger.warning(
+            f"Training inside Slurm job {job} without a preemption hook: SIGUSR1/SIGTERM end it without a checkpoint. "
+            "register d2lightning.slurm.SlurmPreemption(checkpointer) to checkpoint, requeue and resume exactly "
+            "(DefaultTrainer and the d2lightning CLI do)"
+        )
+
+
+class _NoProfiler(Profiler):
+    """Lightning's ``PassThroughProfiler`` without its cost: ``profile()`` hands back one shared null context.
+
+    Lightning opens a profiling context around every callback and module hook it calls, dozens per iteration;
+    the pass-through profiler builds a generator-based context manager for each.
+    """
+
+    def start(self, action_name: str) -> None:
+        pass
+
+    def stop(self, action_name: str) -> None:
+        pass
+
+    def profile(self, action_name: str) -> Any:
+        return _NULL
 
 
 def _device_kwargs(model: Any) -> dict[str, Any]:
@@ -88,27 +166,3 @@ class _AlreadyWrappedDDPStrategy(DDPStrategy):
 
     def configure_ddp(self) -> None:
         pass
-
-
-def build_lightning_trainer(trainer: TrainerBase, start_iter: int, max_iter: int) -> pl.Trainer:
-    """A Lightning Trainer that runs ``trainer``'s iterations ``start_iter .. max_iter - 1`` with its hooks.
-
-    Raises:
-        ValueError: when ``trainer.lightning_kwargs`` sets ``max_steps`` or ``callbacks`` (they come from
-            ``train(start_iter, max_iter)`` and ``register_hooks``).
-    """
-    user = dict(trainer.lightning_kwargs)
-    for key in _OWNED_BY_TRAIN:
-        if key in user:
-            source = "train(start_iter, max_iter)" if key == "max_steps" else "register_hooks([...])"
-            raise ValueError(f"lightning_kwargs[{key!r}] is not allowed: it comes from {source}")
-    kwargs = default_trainer_kwargs(trainer)
-    kwargs.update(user)
-    kwargs["max_steps"] = max_iter
-    kwargs["callbacks"] = [as_callback(h) for h in trainer._hooks]
-    add_slurm_support(kwargs)  # inside a Slurm job: our preemption hook, Lightning's auto-requeue off
-    if "enable_checkpointing" not in user and any(isinstance(cb, Checkpoint) for cb in kwargs["callbacks"]):
-        kwargs["enable_checkpointing"] = True
-    pl_trainer = pl.Trainer(**kwargs)
-    set_global_step(pl_trainer, start_iter)
-    return pl_trainer

@@ -11,8 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from d2lightning.engine.adapter import current_run
-
 __all__ = ["IterationProgressBar"]
 
 
@@ -49,9 +47,10 @@ class IterationProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        run = current_run()
-        if run is not None and run.storage is not None:
-            histories = run.storage.histories()
+        # the storage of the detectron2-style trainer the module carries (D2LightningModule, or a hooks' view)
+        storage = getattr(getattr(pl_module, "d2_trainer", None), "storage", None)
+        if storage is not None:
+            histories = storage.histories()
             if "total_loss" in histories:
                 metrics["loss"] = f"{histories['total_loss'].median(20):.4g}"
             if "lr" in histories:

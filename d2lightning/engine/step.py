@@ -2,8 +2,9 @@
 
 ``forward_backward`` is detectron2's ``run_step`` up to the optimizer step — fetch (timed as ``data_time``),
 forward, ``zero_grad`` (after the forward unless ``zero_grad_before_forward``), backward, ``after_backward`` — for
-one batch or, with gradient accumulation, for ``N`` micro-batches. Inside a Lightning run the backward and the
-optimizer step go through Lightning (precision plugin, DDP); outside one they are plain torch calls.
+one batch or, with gradient accumulation, for ``N`` micro-batches. Inside a Lightning run (``trainer._run`` is the
+fit's :class:`~d2lightning.engine.run.TrainingRun`) the backward and the optimizer step go through Lightning
+(precision plugin, DDP, ``on_after_backward``/``on_before_optimizer_step``); outside one they are plain torch calls.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from d2lightning.engine.adapter import current_run
-
 if TYPE_CHECKING:
-    from d2lightning.engine.train_loop import SimpleTrainer, TrainerBase
+    from d2lightning.engine.train_loop import SimpleTrainer
 
 __all__ = ["backward", "forward_backward", "optimizer_step", "sum_losses"]
 
@@ -31,6 +30,9 @@ def forward_backward(
 ) -> tuple[Mapping[str, torch.Tensor], float]:
     """Fetch, forward and backward ``trainer.accumulate_grad_batches`` batches (no optimizer step).
 
+    With Lightning's data, an epoch that ends in the middle of an accumulation ends it early: the micro-batches
+    fetched so far make the iteration (as Lightning's own accumulation does at the end of an epoch).
+
     Args:
         trainer: the trainer whose model, data and optimizer are used.
         forward_context: a context for the forward (autocast for AMP).
@@ -40,29 +42,49 @@ def forward_backward(
         The loss dict (averaged over micro-batches with accumulation) and the fetch time (summed).
     """
     n = trainer.accumulate_grad_batches
+    if n == 1:
+        return _one_batch(trainer, forward_context, scale)
     data_time = 0.0
     means: dict[str, torch.Tensor] = {}
-    loss_dict: Mapping[str, torch.Tensor] = means
     if trainer.zero_grad_before_forward:
         trainer.optimizer.zero_grad()
     for k in range(n):
         start = time.perf_counter()
-        data = trainer._next_batch()
+        try:
+            data = trainer._next_batch()
+        except StopIteration:  # Lightning's epoch ended: the micro-batches so far make the iteration
+            break
         data_time += time.perf_counter() - start
         # under DDP, only the last micro-batch's backward all-reduces the gradients
-        with _grad_sync_skipped(trainer.model) if k < n - 1 else contextlib.nullcontext():
+        with _grad_sync_skipped(trainer) if k < n - 1 else _NO_CONTEXT:
             with forward_context():
                 loss_dict, losses = sum_losses(trainer.model(data), trainer.iter)
             if k == 0 and not trainer.zero_grad_before_forward:
                 trainer.optimizer.zero_grad()
-            if n > 1:
-                losses = losses / n
-            backward(trainer, scale(losses) if scale is not None else losses)
-        if n > 1:
-            for name, value in loss_dict.items():
-                share = value.detach() / n
-                means[name] = means[name] + share if name in means else share
-    return (means if n > 1 else loss_dict), data_time
+            backward(trainer, scale(losses / n) if scale is not None else losses / n)
+        for name, value in loss_dict.items():
+            share = value.detach() / n
+            means[name] = means[name] + share if name in means else share
+    return means, data_time
+
+
+def _one_batch(
+    trainer: SimpleTrainer,
+    forward_context: Callable[[], Any],
+    scale: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> tuple[Mapping[str, torch.Tensor], float]:
+    """detectron2's step exactly: fetch, forward, zero_grad, backward."""
+    start = time.perf_counter()
+    data = trainer._next_batch()
+    data_time = time.perf_counter() - start
+    if trainer.zero_grad_before_forward:
+        trainer.optimizer.zero_grad()
+    with forward_context():
+        loss_dict, losses = sum_losses(trainer.model(data), trainer.iter)
+    if not trainer.zero_grad_before_forward:
+        trainer.optimizer.zero_grad()
+    backward(trainer, scale(losses) if scale is not None else losses)
+    return loss_dict, data_time
 
 
 def sum_losses(output: Any, cur_iter: int) -> tuple[Mapping[str, torch.Tensor], torch.Tensor]:
@@ -94,9 +116,9 @@ def sum_losses(output: Any, cur_iter: int) -> tuple[Mapping[str, torch.Tensor], 
     return output, sum(output.values())  # type: ignore[return-value]
 
 
-def backward(trainer: TrainerBase, loss: torch.Tensor) -> None:
+def backward(trainer: Any, loss: torch.Tensor) -> None:
     """``loss.backward()`` then the hooks' ``after_backward`` (through Lightning inside a run)."""
-    run = current_run()
+    run = trainer._run
     if run is None:
         loss.backward()
         trainer.after_backward()
@@ -104,23 +126,25 @@ def backward(trainer: TrainerBase, loss: torch.Tensor) -> None:
         run.backward(loss)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.step()`` (through Lightning's strategy and precision plugin inside a run)."""
-    run = current_run()
+def optimizer_step(trainer: Any) -> None:
+    """``trainer.optimizer.step()`` (through Lightning's strategy and precision plugin inside a run)."""
+    run = trainer._run
     if run is None:
-        optimizer.step()
+        trainer.optimizer.step()
     else:
-        run.optimizer_step(optimizer)
+        run.optimizer_step(trainer.optimizer)
 
 
-def _grad_sync_skipped(model: torch.nn.Module) -> Any:
+_NO_CONTEXT = contextlib.nullcontext()  # one shared, reusable null context
+
+
+def _grad_sync_skipped(trainer: Any) -> Any:
     """A context in which backwards accumulate gradients locally, without DDP's all-reduce.
 
-    ``no_sync`` of a model wrapped by ``create_ddp_model``, else of the Lightning strategy's DDP wrapper
-    (``block_backward_sync``); nothing to skip otherwise (one process, or a strategy without it).
+    ``no_sync`` of a model wrapped by ``create_ddp_model``, else the Lightning strategy's (``block_backward_sync``);
+    nothing to skip otherwise (one process, or a strategy without it).
     """
-    if isinstance(model, DistributedDataParallel):
-        return model.no_sync()
-    run = current_run()
-    block = getattr(run.pl_trainer.strategy, "block_backward_sync", None) if run is not None else None
-    return block() if block is not None else contextlib.nullcontext()
+    if isinstance(trainer.model, DistributedDataParallel):
+        return trainer.model.no_sync()
+    run = trainer._run
+    return run.grad_sync_skipped() if run is not None else _NO_CONTEXT

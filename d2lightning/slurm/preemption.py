@@ -23,10 +23,9 @@ import torch
 import torch.distributed as dist
 
 from d2lightning.checkpoint.atomic import atomic_write_text
-from d2lightning.engine.adapter import current_run
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period as _check_period
 from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
-from d2lightning.engine.train_loop import HookBase
 from d2lightning.slurm.scontrol import requeue_job, requeue_pending, slurm_job_id
 from d2lightning.utils import comm
 
@@ -74,9 +73,11 @@ class SlurmPreemption(HookBase):
     ends with exactly the files of an uninterrupted one. (When the file existed already, e.g. the periodic
     checkpoint of that iteration, it is overwritten and kept.)
 
-    ``TrainerBase.train`` adds this hook by itself inside a Slurm job (``SLURM_JOB_ID`` set; opt out with
-    ``D2L_SLURM_PREEMPTION=0``) and turns Lightning's own auto-requeue off; with a Lightning ``Trainer`` of your
-    own, pass ``callbacks=[SlurmPreemption()]`` and ``plugins=[SLURMEnvironment(auto_requeue=False)]``.
+    ``DefaultTrainer`` (hence the CLI) adds this hook by itself inside a Slurm job (``SLURM_JOB_ID`` set; opt out
+    with ``D2L_SLURM_PREEMPTION=0``); ``TrainerBase.train`` turns Lightning's own auto-requeue off. In a loop of your
+    own register it with the other hooks (a run inside a Slurm job without it logs a warning); with a Lightning
+    ``Trainer`` of your own, pass ``callbacks=[SlurmPreemption()]`` and
+    ``plugins=[SLURMEnvironment(auto_requeue=False)]``.
 
     Args:
         checkpointer: what saves; by default the trainer's ``checkpointer`` attribute (``DefaultTrainer``), else
@@ -92,6 +93,9 @@ class SlurmPreemption(HookBase):
 
         trainer.register_hooks([..., hooks.PeriodicWriter(writers), SlurmPreemption(checkpointer)])
     """
+
+    #: Marks a hook that handles Slurm's signals (the Trainer factory warns when a Slurm job has none).
+    handles_preemption = True
 
     def __init__(self, checkpointer: Any = None, check_period: int = 20) -> None:
         if checkpointer is not None and not callable(getattr(checkpointer, "save", None)):
@@ -204,13 +208,11 @@ class SlurmPreemption(HookBase):
 
 
 def _find_checkpointer(trainer: Any, hook: SlurmPreemption) -> Any:
-    """The trainer's ``checkpointer``, else that of the first periodic checkpointer hook of the run."""
+    """The trainer's ``checkpointer``, else that of the first periodic checkpointer among the trainer's hooks."""
     found = getattr(trainer, "checkpointer", None)
     if callable(getattr(found, "save", None)):
         return found
-    run = current_run()
-    for cb in run.pl_trainer.callbacks if run is not None else []:  # type: ignore[attr-defined]
-        candidate = getattr(cb, "hook", cb)  # HookCallback wraps detectron2-style hooks
+    for candidate in getattr(trainer, "_hooks", ()):
         found = getattr(candidate, "checkpointer", None)
         if candidate is not hook and hasattr(candidate, "period") and callable(getattr(found, "save", None)):
             return found

@@ -47,7 +47,7 @@ def collect_env_info() -> str:
     import lightning
     import numpy
 
-    import d2lightning
+    from d2lightning._version import __version__
 
     rows = [
         ("sys.platform", sys.platform),
@@ -56,7 +56,7 @@ def collect_env_info() -> str:
         ("numpy", numpy.__version__),
         ("torch", torch.__version__),
         ("lightning", lightning.__version__),
-        ("d2lightning", d2lightning.__version__),
+        ("d2lightning", __version__),
         ("CUDA available", str(torch.cuda.is_available())),
     ]
     if torch.cuda.is_available():

@@ -1,5 +1,6 @@
 """detectron2's ``engine.hooks``: every hook is a ``HookBase`` and therefore a Lightning ``Callback``."""
 
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks.best_checkpointer import BestCheckpointer
 from d2lightning.engine.hooks.callback_hook import CallbackHook
 from d2lightning.engine.hooks.ema import EMA
@@ -11,7 +12,6 @@ from d2lightning.engine.hooks.periodic_writer import PeriodicWriter
 from d2lightning.engine.hooks.precise_bn import PreciseBN
 from d2lightning.engine.hooks.profiler import AutogradProfiler, TorchProfiler
 from d2lightning.engine.hooks.torch_memory_stats import TorchMemoryStats
-from d2lightning.engine.train_loop import HookBase
 
 __all__ = [
     "EMA",

@@ -12,8 +12,8 @@ import operator
 import os
 from typing import Any
 
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
-from d2lightning.engine.train_loop import HookBase
 
 __all__ = ["BestCheckpointer"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
 
 __all__ = ["CallbackHook"]
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
 
 __all__ = ["EMA"]
 

@@ -15,9 +15,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from d2lightning.engine.adapter import current_run
+from d2lightning.engine import _lightning
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
 
 __all__ = ["EvalHook"]
@@ -96,7 +97,7 @@ class EvalHook(HookBase):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
-                _check_after_validation(cb)
+                _lightning.monitor_after_evaluation(cb)
 
     def _do_eval(self, final: bool) -> None:
         results = self._func()
@@ -104,7 +105,7 @@ class EvalHook(HookBase):
             if not isinstance(results, Mapping):
                 raise TypeError(f"Eval function must return a dict. Got {results} instead.")
             flat = {}
-            for k, v in _flatten(results).items():
+            for k, v in flatten_results_dict(results).items():
                 try:
                     flat[k] = float(v)
                 except Exception as e:
@@ -114,21 +115,9 @@ class EvalHook(HookBase):
             self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
         else:
             flat = {}
-        _report_to_lightning(flat, final)
+        _report_to_lightning(self.trainer, flat, final)
         # Evaluation may take a different time on each rank; start the next iteration together.
         comm.synchronize()
-
-
-def _flatten(results: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a/b": 1}`` (detectron2's ``flatten_results_dict``)."""
-    flat: dict[str, Any] = {}
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _is_monitor(cb: Callback) -> bool:
@@ -136,32 +125,21 @@ def _is_monitor(cb: Callback) -> bool:
     return isinstance(cb, EarlyStopping) or (isinstance(cb, ModelCheckpoint) and cb.monitor is not None)
 
 
-def _check_after_validation(cb: Callback) -> None:
-    """Make a monitoring callback act in ``on_validation_end`` (EvalHook's evaluations) rather than at epoch end.
+def _report_to_lightning(trainer: Any, flat: dict[str, float], final: bool) -> None:
+    """Put the results into ``callback_metrics`` and let Lightning's monitoring callbacks react (see EvalHook).
 
-    These are the callbacks' ``check_on_train_epoch_end`` / ``save_on_train_epoch_end`` arguments. Lightning
-    sets EarlyStopping's in its ``setup`` when left None, so it cannot be told apart from a user's choice and
-    is always set; ModelCheckpoint's is left alone when the user gave one.
+    ``trainer`` is the detectron2-style trainer; its ``lightning_trainer`` is the fit it runs in (None outside one).
     """
-    if isinstance(cb, EarlyStopping):
-        cb._check_on_train_epoch_end = False
-    elif isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb._save_on_train_epoch_end is None:
-        cb._save_on_train_epoch_end = False
-
-
-def _report_to_lightning(flat: dict[str, float], final: bool) -> None:
-    """Put the results into ``callback_metrics`` and let Lightning's monitoring callbacks react (see EvalHook)."""
-    run = current_run()
-    if run is None:
+    pl_trainer = getattr(trainer, "lightning_trainer", None)
+    if pl_trainer is None or getattr(trainer, "_run", None) is None:
         return
-    pl_trainer = run.pl_trainer
-    monitors = [cb for cb in pl_trainer.callbacks if _is_monitor(cb)]  # type: ignore[attr-defined]
+    monitors = [cb for cb in pl_trainer.callbacks if _is_monitor(cb)]
     if monitors and comm.get_world_size() > 1:
         flat = comm.all_gather(flat)[0]  # collective: the callback lists, hence `monitors`, agree across ranks
     metrics = pl_trainer.callback_metrics
     for k, v in flat.items():
-        metrics[k] = torch.tensor(v)
+        metrics[k] = torch.scalar_tensor(v)
     for cb in monitors:
         if cb.monitor not in flat or (final and isinstance(cb, EarlyStopping)):
             continue
-        cb.on_validation_end(pl_trainer, run.pl_module)
+        cb.on_validation_end(pl_trainer, pl_trainer.lightning_module)

@@ -10,7 +10,7 @@ import datetime
 import logging
 import time
 
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
 
 __all__ = ["IterationTimer"]
 

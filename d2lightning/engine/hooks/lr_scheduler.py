@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.solver.lr_scheduler import LRMultiplier
 from d2lightning.solver.param_scheduler import is_param_scheduler
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from d2lightning.checkpoint.periodic_checkpointer import PeriodicCheckpointer as _PeriodicCheckpointer
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
+from d2lightning.engine.hooks._periods import is_last_iter
 
 __all__ = ["PeriodicCheckpointer"]
 
@@ -34,6 +35,10 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
         max_to_keep: keep only this many periodic files written by this hook (``*_final.pth`` is never
             deleted, files of earlier runs are not counted); None keeps all.
         file_prefix: the file name prefix.
+        gather_rng_states: (d2lightning only, keyword-only) the hook is registered on every rank: before each save
+            every rank's RNG states are gathered (a collective) into the trainer's state, so that a resumed run
+            continues exactly on every rank. ``DefaultTrainer`` registers it so; with the default False, a
+            multi-process checkpoint holds the main process' RNG states only.
 
     Raises:
         ValueError, TypeError: as :class:`d2lightning.checkpoint.PeriodicCheckpointer` (``period`` must be >= 1;
@@ -47,11 +52,28 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
 
     _final_saved = False
 
+    def __init__(
+        self,
+        checkpointer: Any,
+        period: int,
+        max_iter: int | None = None,
+        max_to_keep: int | None = None,
+        file_prefix: str = "model",
+        *,
+        gather_rng_states: bool = False,
+    ) -> None:
+        super().__init__(checkpointer, period, max_iter, max_to_keep, file_prefix)
+        self.gather_rng_states = bool(gather_rng_states)
+
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
         self._final_saved = False
 
     def after_step(self) -> None:
+        if self.gather_rng_states and ((self.trainer.iter + 1) % self.period == 0 or is_last_iter(self.trainer)):
+            gather = getattr(self.trainer, "gather_rng_states", None)
+            if callable(gather):
+                gather()
         self.step(self.trainer.iter)
 
     def after_train(self) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
-from d2lightning.engine.train_loop import HookBase
 
 __all__ = ["PeriodicWriter"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
-from d2lightning.engine.train_loop import HookBase
 from d2lightning.layers.batch_norm import get_bn_modules, update_bn_stats
 from d2lightning.utils.events import EventStorage
 

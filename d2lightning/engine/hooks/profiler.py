@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from d2lightning.engine.train_loop import HookBase
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.utils import comm
 
 __all__ = ["AutogradProfiler", "TorchProfiler"]

@@ -9,8 +9,8 @@ import logging
 
 import torch
 
+from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
-from d2lightning.engine.train_loop import HookBase
 
 __all__ = ["TorchMemoryStats"]
 

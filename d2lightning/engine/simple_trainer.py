@@ -1,0 +1,250 @@
+"""detectron2's ``SimpleTrainer``: one data source, one optimizer, one step per iteration (or N micro-batches).
+
+The step itself (fetch, forward, zero_grad, backward, after_backward) is :mod:`d2lightning.engine.step`'s, shared
+with ``AMPTrainer``; inside a Lightning run the backward and the optimizer step go through Lightning.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from d2lightning.engine.step import forward_backward, optimizer_step
+from d2lightning.engine.trainer_base import TrainerBase
+from d2lightning.utils import comm
+from d2lightning.utils.events import get_event_storage
+
+__all__ = ["SimpleTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class SimpleTrainer(TrainerBase):
+    """A trainer for the common single-cost, single-optimizer, single-data-source case.
+
+    Each :meth:`run_step`: fetch the next batch (timed as ``data_time``), forward the model to get a loss
+    dict, zero the gradients (before the forward with ``zero_grad_before_forward``), backward the summed
+    loss, call the hooks' ``after_backward``, write the metrics, step the optimizer. The LR scheduler is
+    *not* stepped here: the ``LRScheduler`` hook does it. A finite data loader is iterated again when it runs
+    out, without disturbing the iteration count.
+
+    Gradient accumulation (d2lightning only; in a Lightning Trainer of your own, ``accumulate_grad_batches=N`` of
+    the Trainer sets it): with ``accumulate_grad_batches=N`` one iteration
+    runs N micro-batches — N fetches, forwards and backwards of ``loss / N``, gradients zeroed once before the
+    first backward (or the first forward) — then one optimizer step. ``iter``, ``max_iter`` and every hook
+    period keep counting optimizer steps; the losses written are the means over the micro-batches (the loss of
+    the N-times-larger batch for mean-reduced losses) and ``data_time`` is the sum of the N fetches.
+    ``after_backward`` (like Lightning's ``on_after_backward``, which also fires per micro-batch under
+    Lightning's own accumulation) runs after every micro-batch's backward, with the same ``iter``; the
+    gradients are complete in the last one, and in Lightning's ``on_before_optimizer_step``. Under DDP the
+    first N-1 micro-batches skip the gradient all-reduce (``no_sync``).
+
+    Args:
+        model: returns a dict of scalar losses (or one scalar tensor) in training mode.
+        data_loader: an iterable of batches given to ``model`` as they are; None when a Lightning Trainer gives
+            the data (a datamodule or ``train_dataloaders=``, see ``D2LightningModule``).
+        optimizer: a torch optimizer.
+        gather_metric_period: gather and write metrics every this many iterations.
+        zero_grad_before_forward: zero the gradients before the forward instead of after it.
+        async_write_metrics: write metrics from a background thread.
+        accumulate_grad_batches: micro-batches per iteration (d2lightning only, keyword-only; also a settable
+            attribute). 1 is detectron2's step.
+
+    Raises:
+        ValueError: when ``accumulate_grad_batches`` is not an int >= 1.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: Iterable[Any] | None,
+        optimizer: torch.optim.Optimizer,
+        gather_metric_period: int = 1,
+        zero_grad_before_forward: bool = False,
+        async_write_metrics: bool = False,
+        *,
+        accumulate_grad_batches: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__qualname__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__qualname__}")
+        if isinstance(gather_metric_period, bool) or not isinstance(gather_metric_period, int):
+            raise ValueError(f"gather_metric_period must be a positive int, got {gather_metric_period!r}")
+        if gather_metric_period < 1:
+            raise ValueError(f"gather_metric_period must be >= 1, got {gather_metric_period}")
+        model.train()
+        self.model = model
+        self.data_loader = data_loader
+        self._data_loader_iter_obj: Iterator[Any] | None = None
+        self._batch_converter: Callable[[Any], Any] | None = None  # set in a run with a *-true precision
+        self.optimizer = optimizer
+        self.gather_metric_period = gather_metric_period
+        self.zero_grad_before_forward = zero_grad_before_forward
+        self.async_write_metrics = async_write_metrics
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.concurrent_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per iteration (see the class docstring); settable, validated."""
+        return self._accumulate_grad_batches
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"accumulate_grad_batches must be an int >= 1 (micro-batches per iteration), got {value!r}"
+            )
+        self._accumulate_grad_batches = value
+
+    def run_step(self) -> None:
+        """One iteration of forward, backward and optimizer step (see the class docstring)."""
+        if not self.model.training:
+            raise AssertionError("[SimpleTrainer] model was changed to eval mode!")
+        # fetch (timed), forward, zero_grad, backward (+ after_backward hooks): detectron2's order
+        loss_dict, data_time = forward_backward(self, contextlib.nullcontext, None)
+        self._dispatch_metrics(loss_dict, data_time)
+        optimizer_step(self)
+
+    def _dispatch_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> None:
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
+
+    @property
+    def _data_loader_iter(self) -> Iterator[Any]:
+        """The iterator ``run_step`` fetches from (created at first use; detectron2's name)."""
+        if self._data_loader_iter_obj is None:
+            self._data_loader_iter_obj = self._new_data_iter()
+        return self._data_loader_iter_obj
+
+    def _new_data_iter(self) -> Iterator[Any]:
+        if self.data_loader is None:
+            raise ValueError(
+                f"{type(self).__name__} has no data_loader: pass one, or train in a Lightning Trainer that gives the "
+                "data (D2LightningModule(model, None, optimizer) with trainer.fit(module, train_dataloaders=...))"
+            )
+        it = iter(self.data_loader)
+        convert = self._batch_converter
+        return it if convert is None else _Converted(it, convert)
+
+    def _convert_batches(self, convert: Callable[[Any], Any] | None) -> None:
+        """Apply ``convert`` to every batch fetched from now on (None: stop); set by a run with a ``*-true``
+        precision, whose weights Lightning converted."""
+        self._batch_converter = convert
+        current = self._data_loader_iter_obj
+        if isinstance(current, _Converted):
+            current = current.inner
+        if current is not None and convert is not None:
+            current = _Converted(current, convert)
+        self._data_loader_iter_obj = current
+
+    def _prepare_data(self) -> None:
+        """Create the data iterator now (the run does it before restoring RNG states: creating it draws a seed)."""
+        if self.data_loader is not None:
+            _ = self._data_loader_iter
+
+    def _next_batch(self) -> Any:
+        """The next batch; a finite loader of its own starts over (Lightning's data ends an epoch instead)."""
+        try:
+            return next(self._data_loader_iter)
+        except StopIteration:
+            if self.data_loader is None:  # Lightning's batches: its epoch ended
+                raise
+            self._data_loader_iter_obj = self._new_data_iter()  # a finite loader starts over
+            try:
+                return next(self._data_loader_iter_obj)
+            except StopIteration:
+                raise RuntimeError(
+                    f"the data loader ({type(self.data_loader).__qualname__}) yields no data: it is empty, or an "
+                    "exhausted one-shot iterator that cannot be iterated again"
+                ) from None
+
+    def reset_data_loader(self, data_loader_builder: Callable[[], Iterable[Any]]) -> None:
+        """Replace the data loader with ``data_loader_builder()`` (the old one is released first)."""
+        del self.data_loader
+        self._data_loader_iter_obj = None
+        self.data_loader = data_loader_builder()
+
+    def _write_metrics(
+        self,
+        loss_dict: Mapping[str, torch.Tensor],
+        data_time: float,
+        prefix: str = "",
+        iter: int | None = None,
+    ) -> None:
+        cur_iter = self.iter if iter is None else iter
+        if (cur_iter + 1) % self.gather_metric_period == 0:
+            try:
+                SimpleTrainer.write_metrics(loss_dict, data_time, cur_iter, prefix)
+            except Exception:
+                logger.exception("Exception in writing metrics: ")
+                raise
+
+    @staticmethod
+    def write_metrics(
+        loss_dict: Mapping[str, torch.Tensor], data_time: float, cur_iter: int | None = None, prefix: str = ""
+    ) -> None:
+        """Gather losses and data time from every rank and put them into the storage (collective).
+
+        Every rank puts ``rank_data_time``; the main process puts ``data_time`` (the max over ranks),
+        ``{prefix}total_loss`` (the sum of the rank-averaged losses) and, when there is more than one, each
+        averaged loss — all at ``cur_iter`` (default: the storage's iteration), smoothing hint True.
+
+        Raises:
+            FloatingPointError: on every rank, naming the iteration and the losses, when the total is NaN/inf.
+        """
+        storage = get_event_storage()
+        if cur_iter is None:  # detectron2 v0.6 call form: write_metrics(loss_dict, data_time[, prefix=])
+            cur_iter = storage.iter
+        metrics = {k: float(v.detach().cpu().item()) for k, v in loss_dict.items()}
+        metrics["data_time"] = data_time
+        storage.put_scalar("rank_data_time", data_time, cur_iter=cur_iter)
+        gathered = comm.all_gather(metrics)
+        max_data_time = max(m.pop("data_time") for m in gathered)
+        n = len(gathered)
+        averaged = {k: sum(m[k] for m in gathered) / n for k in gathered[0]}
+        total = sum(averaged.values())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {averaged}")
+        if comm.is_main_process():
+            storage.put_scalar("data_time", max_data_time, cur_iter=cur_iter)
+            storage.put_scalar(f"{prefix}total_loss", total, cur_iter=cur_iter)
+            if len(averaged) > 1:
+                storage.put_scalars(cur_iter=cur_iter, **averaged)
+
+    def state_dict(self) -> dict[str, Any]:
+        ret = super().state_dict()
+        ret["optimizer"] = self.optimizer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+
+    def after_train(self) -> None:
+        super().after_train()
+        self.concurrent_executor.shutdown(wait=True)
+
+
+class _Converted:
+    """An iterator whose items go through ``convert`` (the precision plugin's input conversion)."""
+
+    def __init__(self, inner: Iterator[Any], convert: Callable[[Any], Any]) -> None:
+        self.inner = inner
+        self._convert = convert
+
+    def __iter__(self) -> _Converted:
+        return self
+
+    def __next__(self) -> Any:
+        return self._convert(next(self.inner))
