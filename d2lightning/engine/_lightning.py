@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 __all__ = [
+    "callback_metrics_of",
     "dump_training_state",
     "iteration_counter",
     "monitor_after_evaluation",
@@ -56,6 +57,15 @@ def iteration_counter(pl_trainer: pl.Trainer) -> Callable[[], None]:
         completed()
 
     return count
+
+
+def callback_metrics_of(pl_trainer: pl.Trainer) -> dict[str, Any]:
+    """The dict behind ``trainer.callback_metrics``, without recomputing what ``self.log`` gathered.
+
+    The public property merges the logged results into ``_logger_connector._callback_metrics`` at every read;
+    writing a value per training scalar through it would pay that each time.
+    """
+    return pl_trainer._logger_connector._callback_metrics
 
 
 def dump_training_state(pl_trainer: pl.Trainer) -> dict[str, Any]:

@@ -22,7 +22,6 @@ Lightning calls the run at     the run does (before any other callback)
 =============================  =====================================================================
 ``on_train_start``             open the storage at ``start_iter = global_step``, then ``before_train``
 ``on_train_batch_start``       ``iter = storage.iter = global_step``, then the trainer's ``before_step``
-``on_train_batch_end``         publish the step's scalars to ``trainer.callback_metrics``
 ``on_train_end``               ``iter = global_step`` (= ``max_iter``), ``after_train``, close the storage
 ``on_exception``               ``after_train`` unless it already ran, close the storage
 ``on_fit_end``                 the empty run (``start_iter >= max_iter``: Lightning skips training)
@@ -31,7 +30,8 @@ Lightning calls the run at     the run does (before any other callback)
 ``before_train`` and ``after_train`` are the trainer's own (``TrainerBase.before_train`` calls every hook, so a
 subclass override behaves as in detectron2); the per-step hook methods are called by Lightning, each hook at its
 place in the callback list. ``iter`` is 0-based and counts iterations: it equals ``global_step`` in
-``before_step`` and keeps that value through ``after_step`` (when Lightning has already counted the step).
+``before_step`` and keeps that value through ``after_step`` (when Lightning has already counted the step). Every scalar put in the
+run's storage also reaches ``trainer.callback_metrics`` at once, so Lightning's monitors can watch training losses.
 
 The run is created explicitly by ``TrainerBase.train`` (which puts it first in the Trainer's callbacks), or by
 :meth:`TrainingRun.attach` when a ``D2LightningModule`` or a detectron2 hook is set up in a Trainer the user built.
@@ -98,7 +98,6 @@ class TrainingRun(Callback):
         self.checkpointers: list[Any] = []
         self.on_close: list[Callable[[], None]] = []  # called once when the run closes, however it ends
         self._last_logged = -1
-        self._published: dict[str, int] = {}
 
     @property
     def state_key(self) -> str:
@@ -171,16 +170,8 @@ class TrainingRun(Callback):
             return
         owner = self.owner
         self.flush_loggers()
-        self.publish_metrics(owner.iter)
         owner.iter = self.storage.iter = trainer.global_step  # type: ignore[union-attr]
         owner.before_step()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
-    ) -> None:
-        """The step's losses reach ``callback_metrics`` before any callback (monitors included) runs."""
-        if self.phase == _TRAINING:
-            self.publish_metrics(self.owner.iter)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``iter = global_step`` (``max_iter``, lowered after an early stop), ``after_train``, close."""
@@ -192,7 +183,6 @@ class TrainingRun(Callback):
             logger.info("Training stopped early after iteration %d (max_iter was %d)", gs - 1, owner.max_iter)
             owner.max_iter = gs
         owner.iter = gs
-        self.publish_metrics(gs - 1)
         self._finish()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -249,21 +239,11 @@ class TrainingRun(Callback):
         return block() if block is not None else _NULL_CONTEXT
 
     # ------------------------------------------------------------ metrics out
-    def publish_metrics(self, at: int) -> None:
-        """Put the storage's scalars of iteration ``at`` into ``trainer.callback_metrics`` (once per value).
-
-        What ``self.log`` would give a monitor (``ModelCheckpoint(monitor="total_loss")``, ``EarlyStopping``), at
-        the cost of one scalar tensor per new value.
-        """
-        storage = self.storage
-        if storage is None or at < 0:
-            return
-        metrics = self.pl_trainer.callback_metrics  # type: ignore[union-attr]
-        published = self._published
-        for name, (value, it) in storage.latest().items():
-            if it == at and published.get(name, -1) < it:
-                metrics[name] = torch.scalar_tensor(value)
-                published[name] = it
+    def _publish(self, name: str, value: float, iteration: int) -> None:
+        """Every scalar put in the storage reaches ``trainer.callback_metrics`` as it is put, as ``self.log`` would
+        put it there for monitors (``ModelCheckpoint(monitor="total_loss")``, ``EarlyStopping``), at the cost of one
+        scalar tensor per value."""
+        _lightning.callback_metrics_of(self.pl_trainer)[name] = torch.scalar_tensor(value)  # type: ignore[arg-type]
 
     def flush_loggers(self, force: bool = False) -> None:
         """Send the storage's new scalars to the Lightning loggers, each at the iteration it was put at.
@@ -295,6 +275,7 @@ class TrainingRun(Callback):
         owner.iter = owner.start_iter = start_iter
         owner.max_iter = max_iter
         self.storage = EventStorage(start_iter).__enter__()
+        self.storage.scalar_listener = self._publish
         owner.storage = self.storage
         self.phase = _TRAINING
         self.checkpointers = _attach_training_state(self, _checkpointers_of(owner))

@@ -196,9 +196,10 @@ class SimpleTrainer(TrainerBase):
     ) -> None:
         """Gather losses and data time from every rank and put them into the storage (collective).
 
-        Every rank puts ``rank_data_time``; the main process puts ``data_time`` (the max over ranks),
-        ``{prefix}total_loss`` (the sum of the rank-averaged losses) and, when there is more than one, each
-        averaged loss — all at ``cur_iter`` (default: the storage's iteration), smoothing hint True.
+        Every rank puts ``rank_data_time``, ``data_time`` (the max over ranks), ``{prefix}total_loss`` (the sum of
+        the rank-averaged losses) and, when there is more than one, each averaged loss — all at ``cur_iter``
+        (default: the storage's iteration), smoothing hint True. (detectron2 puts all but the first on the main
+        process only; here every rank has them, so Lightning's monitors decide alike on every rank.)
 
         Raises:
             FloatingPointError: on every rank, naming the iteration and the losses, when the total is NaN/inf.
@@ -216,11 +217,12 @@ class SimpleTrainer(TrainerBase):
         total = sum(averaged.values())
         if not math.isfinite(total):
             raise FloatingPointError(f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {averaged}")
-        if comm.is_main_process():
-            storage.put_scalar("data_time", max_data_time, cur_iter=cur_iter)
-            storage.put_scalar(f"{prefix}total_loss", total, cur_iter=cur_iter)
-            if len(averaged) > 1:
-                storage.put_scalars(cur_iter=cur_iter, **averaged)
+        # detectron2 puts these on the main process only; every rank has the same values here (all_gather), and
+        # puts them, so that Lightning's monitors (EarlyStopping on total_loss...) decide alike on every rank.
+        storage.put_scalar("data_time", max_data_time, cur_iter=cur_iter)
+        storage.put_scalar(f"{prefix}total_loss", total, cur_iter=cur_iter)
+        if len(averaged) > 1:
+            storage.put_scalars(cur_iter=cur_iter, **averaged)
 
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,6 +78,9 @@ class EventStorage:
         self._current_prefix = ""
         self._vis_data: list[tuple[str, Any, int]] = []
         self._histograms: list[dict[str, Any]] = []
+        #: d2lightning: called as ``scalar_listener(name, value, iteration)`` after every scalar put (a training
+        #: run uses it to keep Lightning's ``callback_metrics`` current); None by default.
+        self.scalar_listener: Callable[[str, float, int], None] | None = None
 
     # ---------------------------------------------------------------- writing
     def put_image(self, img_name: str, img_tensor: torch.Tensor | Any) -> None:
@@ -109,6 +112,8 @@ class EventStorage:
             self._smoothing_hints[name] = smoothing_hint
         elif existing != smoothing_hint:
             raise AssertionError(f"Scalar {name} was put with a different smoothing_hint!")
+        if self.scalar_listener is not None:
+            self.scalar_listener(name, value, it)
 
     def put_scalars(self, *, smoothing_hint: bool = True, cur_iter: int | None = None, **kwargs: float) -> None:
         """Put several scalars at once: ``storage.put_scalars(loss=1.0, accuracy=0.5)``."""
