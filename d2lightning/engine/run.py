@@ -30,8 +30,9 @@ Lightning calls the run at     the run does (before any other callback)
 ``before_train`` and ``after_train`` are the trainer's own (``TrainerBase.before_train`` calls every hook, so a
 subclass override behaves as in detectron2); the per-step hook methods are called by Lightning, each hook at its
 place in the callback list. ``iter`` is 0-based and counts iterations: it equals ``global_step`` in
-``before_step`` and keeps that value through ``after_step`` (when Lightning has already counted the step). Every scalar put in the
-run's storage also reaches ``trainer.callback_metrics`` at once, so Lightning's monitors can watch training losses.
+``before_step`` and keeps that value through ``after_step`` (when Lightning has already counted the step). Every
+scalar put in the run's storage also reaches ``trainer.callback_metrics`` at once, so Lightning's monitors can watch
+training losses.
 
 The run is created explicitly by ``TrainerBase.train`` (which puts it first in the Trainer's callbacks), or by
 :meth:`TrainingRun.attach` when a ``D2LightningModule`` or a detectron2 hook is set up in a Trainer the user built.
