@@ -85,21 +85,44 @@ class _MapDataset(Dataset):
 
 class _ToIterableDataset(IterableDataset):
     """detectron2 ``ToIterableDataset``: run ``sampler`` inside the loader's workers, each keeping every
-    ``num_workers``-th chunk of ``chunk_size`` indices, so the combined order equals the sampler's."""
+    ``num_workers``-th chunk of ``chunk_size`` indices, so the combined order equals the sampler's.
+
+    d2lightning: inside a worker, the random generators (Python's, numpy's, torch's) are seeded before each sample
+    from the sampler's seed, the rank and the sample's position in this rank's stream. Random augmentations then
+    depend on what is loaded, not on which worker loads it or since when it runs, so a run resumed at iteration
+    ``k`` (the sampler seeks to it) augments exactly as an uninterrupted one. Without workers the main process'
+    generators are used, as in detectron2 (a checkpoint restores them).
+    """
 
     def __init__(self, dataset: Dataset, sampler: Sampler, chunk_size: int) -> None:
         self.dataset, self.sampler, self.chunk_size = dataset, sampler, chunk_size
 
     def __iter__(self) -> Iterator[Any]:
-        indices: Iterator[int] = iter(self.sampler)
+        sampler = self.sampler
+        start = int(getattr(sampler, "_start", 0))
+        items: Iterator[tuple[int, int]] = enumerate(iter(sampler), start)
         info = get_worker_info()
         if info is not None and info.num_workers > 1:
-            source = indices
+            source = items
             chunks = iter(lambda: list(itertools.islice(source, self.chunk_size)), [])
             own = itertools.islice(chunks, info.id, None, info.num_workers)
-            indices = itertools.chain.from_iterable(own)
-        for idx in indices:
+            items = itertools.chain.from_iterable(own)
+        if info is None:
+            for _, idx in items:
+                yield self.dataset[idx]
+            return
+        key = (int(getattr(sampler, "_seed", 0)) % 2**32, int(getattr(sampler, "_rank", comm.get_rank())))
+        for position, idx in items:
+            _seed_sample(key, position)
             yield self.dataset[idx]
+
+
+def _seed_sample(key: tuple[int, int], position: int) -> None:
+    """Seed Python's, numpy's and torch's generators of this worker for the sample at ``position``."""
+    seed = int(np.random.SeedSequence([*key, position]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 class _BatchDataLoader(DataLoader):
