@@ -1,12 +1,14 @@
-"""Per-iteration overhead of d2lightning, measured against a hand-written loop and a bare Lightning Trainer.
+"""Per-iteration overhead of d2lightning, measured against detectron2, a hand-written loop and bare Lightning.
 
-Runs the same model, data, optimizer and per-iteration LR schedule four ways, interleaved round-robin in one
+Runs the same model, data, optimizer and per-iteration LR schedule several ways, interleaved round-robin in one
 process so that machine noise hits every way alike:
 
-1. ``hand``       a hand-written PyTorch loop (what detectron2's SimpleTrainer is);
-2. ``lightning``  a plain LightningModule (automatic optimization, step-interval scheduler) in a bare Trainer;
-3. ``simple``     d2lightning ``SimpleTrainer.train`` with IterationTimer, LRScheduler, PeriodicWriter(period=20);
-4. ``module``     ``Trainer.fit(D2LightningModule)`` with the same three hooks as callbacks.
+1. ``hand``       a hand-written PyTorch loop;
+2. ``detectron2`` detectron2's own ``SimpleTrainer`` with IterationTimer, LRScheduler, PeriodicWriter(period=20)
+                  (only when detectron2 is importable);
+3. ``lightning``  a plain LightningModule (automatic optimization, step-interval scheduler) in a bare Trainer;
+4. ``simple``     d2lightning ``SimpleTrainer.train`` with the same three hooks;
+5. ``module``     ``Trainer.fit(D2LightningModule)`` with the same three hooks as callbacks.
 
 Two workloads: a tiny MLP (framework overhead dominates) and a small CNN with BatchNorm on 64x64 images (compute
 dominates). Prints the median seconds per iteration of each way and the ratios. Usage::
@@ -17,6 +19,7 @@ dominates). Prints the median seconds per iteration of each way and the ratios. 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import logging
 import os
@@ -181,6 +184,36 @@ def run_simple(workload: str, iters: int, out_dir: str) -> float:
     return (clock.end - clock.start) / (iters - WARMUP)
 
 
+def run_detectron2(workload: str, iters: int, out_dir: str) -> float:
+    from detectron2.engine import HookBase as D2HookBase
+    from detectron2.engine import SimpleTrainer as D2SimpleTrainer
+    from detectron2.engine import hooks as d2_hooks
+    from detectron2.utils.events import JSONWriter as D2JSONWriter
+
+    class Clock(D2HookBase):
+        def before_step(self) -> None:
+            if self.trainer.iter == WARMUP:
+                self.start = time.perf_counter()
+
+        def after_train(self) -> None:
+            self.end = time.perf_counter()
+
+    model, data, optimizer, scheduler = make(workload)
+    trainer = D2SimpleTrainer(model, data, optimizer)
+    clock = Clock()
+    writer = D2JSONWriter(os.path.join(out_dir, "metrics.json"))
+    trainer.register_hooks(
+        [
+            d2_hooks.IterationTimer(),
+            d2_hooks.LRScheduler(optimizer, scheduler),
+            d2_hooks.PeriodicWriter([writer], period=20),
+            clock,
+        ]
+    )
+    trainer.train(0, iters)
+    return (clock.end - clock.start) / (iters - WARMUP)
+
+
 def run_module(workload: str, iters: int, out_dir: str) -> float:
     model, data, optimizer, scheduler = make(workload)
     clock = _Clock()
@@ -190,7 +223,13 @@ def run_module(workload: str, iters: int, out_dir: str) -> float:
     return (clock.end - clock.start) / (iters - WARMUP)
 
 
-WAYS = {"hand": run_hand, "lightning": run_lightning, "simple": run_simple, "module": run_module}
+WAYS = {
+    "hand": run_hand,
+    "detectron2": run_detectron2,
+    "lightning": run_lightning,
+    "simple": run_simple,
+    "module": run_module,
+}
 
 
 def main() -> None:
@@ -205,20 +244,25 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("d2lightning").setLevel(logging.WARNING)
     out_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    ways = dict(WAYS)
+    if importlib.util.find_spec("detectron2") is None:
+        print("detectron2 is not importable: its own SimpleTrainer is left out")
+        del ways["detectron2"]
 
     for workload, iters in (("mlp", args.mlp_iters), ("cnn", args.cnn_iters)):
-        samples: dict[str, list[float]] = {w: [] for w in WAYS}
+        samples: dict[str, list[float]] = {w: [] for w in ways}
         for _ in range(args.repeats):
-            for way, fn in WAYS.items():
+            for way, fn in ways.items():
                 with tempfile.TemporaryDirectory(dir=out_root) as out_dir:
                     samples[way].append(fn(workload, iters, out_dir))
         med = {w: statistics.median(v) for w, v in samples.items()}
         print(f"\n{workload}: {iters} iterations x {args.repeats} repeats, {args.threads} thread(s), median s/iter")
         for way, value in med.items():
             print(f"  {way:10s} {value * 1e6:10.1f} us/iter   x{value / med['hand']:.3f} of hand")
-        for way in ("simple", "module"):
-            extra = (med[way] - med["lightning"]) * 1e6
-            print(f"  {way} vs bare lightning: {extra:+.1f} us/iter ({med[way] / med['lightning']:.3f}x)")
+        reference = "detectron2" if "detectron2" in med else "lightning"
+        for way in ("lightning", "simple", "module"):
+            extra = (med[way] - med[reference]) * 1e6
+            print(f"  {way} vs {reference}: {extra:+.1f} us/iter ({med[way] / med[reference]:.3f}x)")
 
 
 if __name__ == "__main__":

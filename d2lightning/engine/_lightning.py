@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 __all__ = [
+    "LeanTrainingLoop",
     "callback_metrics_of",
     "dump_training_state",
     "iteration_counter",
@@ -141,3 +142,171 @@ def resolve_last_checkpoint_with(pl_trainer: pl.Trainer, find: Callable[[], str 
 
     connector._parse_ckpt_path_d2l_find = find
     connector._parse_ckpt_path = parse_with_fallback
+
+
+class LeanTrainingLoop:
+    """Lightning's training-epoch loop step (``advance`` / ``on_advance_end``) without its per-call bookkeeping.
+
+    For a fit of d2lightning's ``TrainerModule`` — manual optimization, the ``dataloader_iter`` step, no Lightning
+    gradient accumulation — and no profiler recording anything, Lightning's loop spends most of a tiny model's
+    iteration opening a profiling context, resolving properties and calling every callback's no-op hooks. This
+    does what ``_TrainingEpochLoop.advance``/``on_advance_end`` do in that case, in the same order — progress
+    counters, logger connector, ``on_train_batch_start``/``end`` of the callbacks that define them, then of the
+    module and the strategy, the training step through the strategy, step schedulers, validation when due, the
+    logger step, SIGTERM — and hands over to Lightning's own methods for everything else (a restart inside a
+    validation, a step that returns -1). It replaces them on this Trainer's epoch loop only, until :meth:`remove`.
+
+    Touches ``fit_loop.epoch_loop`` (``batch_progress``, ``val_loop``, ``_batches_that_stepped``, ``restarting``,
+    ``_should_check_val_fx``, ``_broadcast_sigterm_tensor``, ``update_lr_schedulers``, ``_is_training_done``),
+    ``_logger_connector`` and the fetcher's ``_batch``/``_batch_idx``.
+    """
+
+    _PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+    #: Hooks Lightning calls inside the training step (backward, optimizer step): during the step, Lightning's
+    #: ``trainer.callbacks`` holds only the callbacks that act on one of them.
+    _IN_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+
+    def __init__(self, pl_trainer: pl.Trainer) -> None:
+        import torch.distributed as dist
+
+        self.trainer = pl_trainer
+        self.loop = pl_trainer.fit_loop.epoch_loop
+        self.module: Any = pl_trainer.lightning_module
+        self.strategy = pl_trainer.strategy
+        self.connector = pl_trainer._logger_connector
+        self.distributed = dist.is_available() and dist.is_initialized() and pl_trainer.world_size > 1
+        self.schedulers = bool(pl_trainer.lr_scheduler_configs)
+        self.validation = pl_trainer.enable_validation
+        self._callbacks_seen: tuple[int, int] | None = None
+        self._dispatch: dict[str, list[Callable[..., Any]]] = {}
+        module_type = type(self.module)
+        self.module_start = (
+            self.module.on_train_batch_start
+            if module_type.on_train_batch_start is not pl.LightningModule.on_train_batch_start
+            else None
+        )
+        self.module_end = (
+            self.module.on_train_batch_end
+            if module_type.on_train_batch_end is not pl.LightningModule.on_train_batch_end
+            else None
+        )
+        self.loop.advance = self.advance  # type: ignore[method-assign]
+        self.loop.on_advance_end = self.on_advance_end  # type: ignore[method-assign]
+
+    @staticmethod
+    def applies(pl_trainer: pl.Trainer) -> bool:
+        """Whether this fit is one the lean step reproduces exactly."""
+        from lightning.pytorch.loops.fetchers import _DataLoaderIterDataFetcher
+        from lightning.pytorch.profilers import PassThroughProfiler
+
+        module = pl_trainer.lightning_module
+        profiler = getattr(pl_trainer, "profiler", None)
+        return (
+            module is not None
+            and not module.automatic_optimization
+            and pl_trainer.accumulate_grad_batches == 1
+            and isinstance(pl_trainer.fit_loop._data_fetcher, _DataLoaderIterDataFetcher)
+            and (isinstance(profiler, PassThroughProfiler) or getattr(profiler, "records_nothing", False))
+        )
+
+    def remove(self) -> None:
+        """Give the epoch loop its own methods back."""
+        for name in ("advance", "on_advance_end"):
+            self.loop.__dict__.pop(name, None)
+
+    def _callbacks(self, hook: str) -> list[Any]:
+        """The bound ``hook`` of every callback that acts on it (``"in_step"``: the callbacks acting inside it)."""
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        seen = (id(callbacks), len(callbacks))
+        if seen != self._callbacks_seen:
+            self._callbacks_seen = seen
+            self._dispatch = {
+                name: [getattr(cb, name) for cb in callbacks if _acts_on(cb, name)] for name in self._PER_STEP_HOOKS
+            }
+            self._dispatch["in_step"] = [
+                cb for cb in callbacks if any(_acts_on(cb, name) for name in self._IN_STEP_HOOKS)
+            ]
+        return self._dispatch[hook]
+
+    def _call(self, hook: str, *args: Any) -> None:
+        module = self.module
+        previous = module._current_fx_name
+        object.__setattr__(module, "_current_fx_name", hook)
+        trainer = self.trainer
+        for fn in self._callbacks(hook):
+            fn(trainer, module, *args)
+        object.__setattr__(module, "_current_fx_name", previous)
+
+    def advance(self, data_fetcher: Any) -> None:
+        loop, module = self.loop, self.module
+        if loop.restarting and loop._should_check_val_fx(data_fetcher):
+            type(loop).advance(loop, data_fetcher)  # resuming inside a validation: Lightning's own path
+            return
+        fx_name = module._current_fx_name
+        loop.val_loop.restarting = False
+        if self.distributed:
+            loop._broadcast_sigterm_tensor()
+        dataloader_iter = next(data_fetcher)
+        progress = loop.batch_progress
+        progress.is_last_batch = data_fetcher.done
+        progress.increment_ready()
+        self.connector.on_batch_start(data_fetcher._batch)
+        self._call("on_train_batch_start", data_fetcher._batch, data_fetcher._batch_idx)
+        response = None
+        if self.module_start is not None:
+            object.__setattr__(module, "_current_fx_name", "on_train_batch_start")
+            response = self.module_start(data_fetcher._batch, data_fetcher._batch_idx)
+        self.strategy.on_train_batch_start(data_fetcher._batch, data_fetcher._batch_idx)
+        if response == -1:  # the module ends the epoch here: no step
+            progress.increment_by(0, is_last_batch=True)
+            progress.increment_processed()
+            object.__setattr__(module, "_current_fx_name", fx_name)
+            raise StopIteration
+        progress.increment_started()
+        object.__setattr__(module, "_current_fx_name", "training_step")
+        trainer = self.trainer
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        trainer.callbacks = self._callbacks("in_step")  # type: ignore[attr-defined]
+        try:
+            self.strategy.training_step(dataloader_iter)
+        finally:
+            trainer.callbacks = callbacks  # type: ignore[attr-defined]
+        self.strategy.post_training_step()
+        progress.increment_processed()
+        if self.schedulers:
+            loop.update_lr_schedulers("step", update_plateau_schedulers=False)
+            if loop._num_ready_batches_reached():
+                loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)
+        progress.is_last_batch = data_fetcher.done
+        batch, batch_idx = data_fetcher._batch, data_fetcher._batch_idx
+        self._call("on_train_batch_end", {}, batch, batch_idx)
+        if self.module_end is not None:
+            object.__setattr__(module, "_current_fx_name", "on_train_batch_end")
+            self.module_end({}, batch, batch_idx)
+        object.__setattr__(module, "_current_fx_name", fx_name)
+        self.connector.on_batch_end()
+        progress.increment_completed()
+        self.connector.update_train_step_metrics()
+
+    def on_advance_end(self, data_fetcher: Any) -> None:
+        loop, trainer = self.loop, self.trainer
+        if self.validation or self.schedulers:
+            type(loop).on_advance_end(loop, data_fetcher)
+            return
+        loop._batches_that_stepped += 1
+        if trainer.should_stop:
+            for logger in trainer.loggers:
+                logger.save()
+        if trainer.received_sigterm and not loop._is_training_done:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException
+
+
+def _acts_on(callback: Callback, hook: str) -> bool:
+    """Whether ``callback``'s ``hook`` does anything: its class defines it, and the callback does not say that it
+    leaves it idle (``callback.idle_lightning_hook(hook)``, e.g. a detectron2 hook without ``after_backward``)."""
+    if getattr(type(callback), hook) is getattr(Callback, hook):
+        return False
+    idle = getattr(callback, "idle_lightning_hook", None)
+    return not (callable(idle) and idle(hook))

@@ -111,6 +111,14 @@ class HookBase(Callback):
         if stage == "fit":
             TrainingRun.attach(trainer, view_of(pl_module), as_callback)
 
+    def idle_lightning_hook(self, hook: str) -> bool:
+        """Whether the Lightning hook point ``hook`` only calls a hook method this hook does not define.
+
+        Lightning still calls it; d2lightning's training step skips it (see ``engine/_lightning.py``).
+        """
+        method = _METHOD_OF.get(hook)
+        return method is not None and _is_base_method(self.d2_hook, method)
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -176,6 +184,22 @@ class HookCallback(HookBase):
 
 def _nothing() -> None:
     return None
+
+
+#: The detectron2 method each per-step Lightning hook point calls.
+_METHOD_OF = {
+    "on_train_batch_start": "before_step",
+    "on_after_backward": "after_backward",
+    "on_train_batch_end": "after_step",
+}
+
+
+def _is_base_method(hook: Any, method: str) -> bool:
+    """Whether ``hook.<method>`` is missing or ``HookBase``'s no-op (the hook does not define it)."""
+    fn = getattr(hook, method, None)
+    if fn is None or fn is _nothing:
+        return True
+    return getattr(fn, "__func__", None) is getattr(HookBase, method)
 
 
 def _has_own_state(hook: Any) -> bool:

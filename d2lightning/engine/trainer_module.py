@@ -83,6 +83,7 @@ class TrainerModule(pl.LightningModule):
         self._count_iteration: Any = None
         self._adopted: dict[str, Any] | None = None  # the Trainer options taken over for the current fit
         self._clip: tuple[float, str | None] | None = None
+        self._lean: _lightning.LeanTrainingLoop | None = None
 
     # ------------------------------------------------------------ the Trainer's options, before anything runs
     @property
@@ -185,6 +186,8 @@ class TrainerModule(pl.LightningModule):
         if self._batches is not None:
             check_validation_runs(trainer, _lightning.val_data_defined(trainer))
         self._count_iteration = _lightning.iteration_counter(trainer)
+        if _lightning.LeanTrainingLoop.applies(trainer):
+            self._lean = _lightning.LeanTrainingLoop(trainer)
 
     def configure_optimizers(self) -> Any:
         """The trainer's optimizer (stepped by its ``run_step``, through Lightning's strategy)."""
@@ -217,6 +220,9 @@ class TrainerModule(pl.LightningModule):
     def _end_of_fit(self) -> None:
         """When the run closes (also after a failure, when Lightning calls no ``teardown``): give the Trainer its
         options back and the step trainer its own data."""
+        if self._lean is not None:
+            self._lean.remove()
+            self._lean = None
         step_trainer = self._step_trainer()
         if self._batches is not None and getattr(step_trainer, "_data_loader_iter_obj", None) is self._batches:
             step_trainer._data_loader_iter_obj = None
