@@ -165,24 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="d2lightning", description="detectron2's training engine on Lightning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        parents=[default_argument_parser()],
-        add_help=False,
-        help="train (or with --eval-only evaluate) a model from a config file",
-        description=f"Train as detectron2's tools/train_net.py does.\n{_CONFIG_FILE_HELP}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.set_defaults(func=_train_command)
-    evaluate = sub.add_parser(
-        "eval",
-        parents=[default_argument_parser()],
-        add_help=False,
-        help="evaluate MODEL.WEIGHTS (or --resume)",
-        description=f"Evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint).\n{_CONFIG_FILE_HELP}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    evaluate.set_defaults(func=_train_command, eval_only=True)
+    for name, summary, description, defaults in (
+        (
+            "train",
+            "train (or with --eval-only evaluate) a model from a config file",
+            "Train as detectron2's tools/train_net.py does.",
+            {},
+        ),
+        (
+            "eval",
+            "evaluate MODEL.WEIGHTS (or --resume)",
+            "Evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint).",
+            {"eval_only": True},
+        ),
+    ):
+        command = sub.add_parser(
+            name,
+            parents=[default_argument_parser()],
+            add_help=False,
+            help=summary,
+            description=f"{description}\n{_CONFIG_FILE_HELP}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.set_defaults(func=_train_command, **defaults)
     predict = sub.add_parser("predict", help="draw a model's predictions on an image")
     predict.add_argument("--config-file", required=True, metavar="FILE", help="a YAML file or a built-in config name")
     predict.add_argument("--input", required=True, help="an image file")
