@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lightning.config.defaults import SHAPES_DETECTOR_DEFAULTS
+from d2lightning.config.defaults import SHAPES_DETECTOR_KEYS
 from d2lightning.data._cfg import cfg_get
 from d2lightning.modeling import centernet
 from d2lightning.modeling.backbone import ShapesBackbone
@@ -28,7 +28,10 @@ __all__ = ["SHAPES_DETECTOR_DEFAULTS", "ShapesDetector"]
 
 logger = logging.getLogger(__name__)
 
-# SHAPES_DETECTOR_DEFAULTS (this model's config keys, part of get_cfg()'s defaults) is re-exported from here.
+SHAPES_DETECTOR_DEFAULTS: dict[str, Any] = {"MODEL": {"SHAPES_DETECTOR": SHAPES_DETECTOR_KEYS}}
+"""Config keys of this model and their defaults (part of ``get_cfg()``'s defaults: they are declared in
+``d2lightning.config.defaults``, so that a config loads without importing the model)."""
+
 _KEY = "MODEL.SHAPES_DETECTOR."
 _PRIOR_BIAS = -2.19  # sigmoid(-2.19) = 0.1, CenterNet's heatmap initialisation
 
