@@ -10,6 +10,7 @@ that moves one of them fails there, by name, rather than somewhere deep in a tra
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 __all__ = [
     "LeanTrainingLoop",
+    "QuickFxName",
     "callback_metrics_of",
     "dump_training_state",
     "iteration_counter",
@@ -144,6 +146,24 @@ def resolve_last_checkpoint_with(pl_trainer: pl.Trainer, find: Callable[[], str 
     connector._parse_ckpt_path = parse_with_fallback
 
 
+class _NullProfiler:
+    """What the training step's hooks need from a profiler that records nothing: a reusable null context."""
+
+    _context = contextlib.nullcontext()
+
+    def start(self, action_name: str) -> None:
+        pass
+
+    def stop(self, action_name: str) -> None:
+        pass
+
+    def profile(self, action_name: str) -> contextlib.nullcontext[None]:
+        return self._context
+
+
+_NO_PROFILER = _NullProfiler()
+
+
 class LeanTrainingLoop:
     """Lightning's training-epoch loop step (``advance`` / ``on_advance_end``) without its per-call bookkeeping.
 
@@ -156,7 +176,13 @@ class LeanTrainingLoop:
     logger step, SIGTERM — and hands over to Lightning's own methods for everything else (a restart inside a
     validation, a step that returns -1). It replaces them on this Trainer's epoch loop only, until :meth:`remove`.
 
-    Touches ``fit_loop.epoch_loop`` (``batch_progress``, ``val_loop``, ``_batches_that_stepped``, ``restarting``,
+    Until something calls ``self.log``, the logger connector's end-of-batch bookkeeping (which would find nothing
+    to log) is skipped. Inside the training step (where Lightning dispatches ``on_before_backward``,
+    ``on_after_backward``, ``on_before_optimizer_step``), the Trainer's ``callbacks`` are only those acting on them
+    and its profiler (one that records nothing, or this would not apply) one without a per-call context manager.
+
+    Touches ``fit_loop.epoch_loop`` (``batch_progress``, ``val_loop``, ``_results``, ``_batches_that_stepped``,
+    ``restarting``,
     ``_should_check_val_fx``, ``_broadcast_sigterm_tensor``, ``update_lr_schedulers``, ``_is_training_done``),
     ``_logger_connector`` and the fetcher's ``_batch``/``_batch_idx``.
     """
@@ -264,13 +290,13 @@ class LeanTrainingLoop:
             raise StopIteration
         progress.increment_started()
         object.__setattr__(module, "_current_fx_name", "training_step")
-        trainer = self.trainer
-        callbacks = trainer.callbacks  # type: ignore[attr-defined]
-        trainer.callbacks = self._callbacks("in_step")  # type: ignore[attr-defined]
+        trainer: Any = self.trainer
+        callbacks, profiler = trainer.callbacks, trainer.profiler
+        trainer.callbacks, trainer.profiler = self._callbacks("in_step"), _NO_PROFILER
         try:
             self.strategy.training_step(dataloader_iter)
         finally:
-            trainer.callbacks = callbacks  # type: ignore[attr-defined]
+            trainer.callbacks, trainer.profiler = callbacks, profiler
         self.strategy.post_training_step()
         progress.increment_processed()
         if self.schedulers:
@@ -284,9 +310,12 @@ class LeanTrainingLoop:
             object.__setattr__(module, "_current_fx_name", "on_train_batch_end")
             self.module_end({}, batch, batch_idx)
         object.__setattr__(module, "_current_fx_name", fx_name)
-        self.connector.on_batch_end()
+        logged = bool(loop._results)  # nothing was ever logged with self.log: both calls below would do nothing
+        if logged:
+            self.connector.on_batch_end()
         progress.increment_completed()
-        self.connector.update_train_step_metrics()
+        if logged:
+            self.connector.update_train_step_metrics()
 
     def on_advance_end(self, data_fetcher: Any) -> None:
         loop, trainer = self.loop, self.trainer
@@ -301,6 +330,17 @@ class LeanTrainingLoop:
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             raise SIGTERMException
+
+
+class QuickFxName:
+    """A LightningModule mixin: Lightning's hook-name bookkeeping (``_current_fx_name``, set around every hook it
+    calls) skips ``nn.Module.__setattr__``'s parameter/submodule checks, which it never needs."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
 
 def _acts_on(callback: Callback, hook: str) -> bool:

@@ -98,6 +98,7 @@ class TrainingRun(Callback):
         self.pl_trainer: pl.Trainer | None = None
         self.checkpointers: list[Any] = []
         self.on_close: list[Callable[[], None]] = []  # called once when the run closes, however it ends
+        self._metrics: dict[str, Any] = {}  # the Trainer's callback_metrics
         self._last_logged = -1
 
     @property
@@ -171,6 +172,7 @@ class TrainingRun(Callback):
             return
         owner = self.owner
         self.flush_loggers()
+        self._metrics = _lightning.callback_metrics_of(trainer)  # the same dict while training; cheap to re-read
         owner.iter = self.storage.iter = trainer.global_step  # type: ignore[union-attr]
         owner.before_step()
 
@@ -244,7 +246,7 @@ class TrainingRun(Callback):
         """Every scalar put in the storage reaches ``trainer.callback_metrics`` as it is put, as ``self.log`` would
         put it there for monitors (``ModelCheckpoint(monitor="total_loss")``, ``EarlyStopping``), at the cost of one
         scalar tensor per value."""
-        _lightning.callback_metrics_of(self.pl_trainer)[name] = torch.scalar_tensor(value)  # type: ignore[arg-type]
+        self._metrics[name] = torch.scalar_tensor(value)
 
     def flush_loggers(self, force: bool = False) -> None:
         """Send the storage's new scalars to the Lightning loggers, each at the iteration it was put at.
@@ -276,6 +278,7 @@ class TrainingRun(Callback):
         owner.iter = owner.start_iter = start_iter
         owner.max_iter = max_iter
         self.storage = EventStorage(start_iter).__enter__()
+        self._metrics = _lightning.callback_metrics_of(self.pl_trainer)  # type: ignore[arg-type]
         self.storage.scalar_listener = self._publish
         owner.storage = self.storage
         self.phase = _TRAINING

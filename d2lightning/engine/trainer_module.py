@@ -49,7 +49,7 @@ _OWN_CHOICES = (
 )
 
 
-class TrainerModule(pl.LightningModule):
+class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
     """Train a detectron2-style trainer in any Lightning Trainer (see the module docstring).
 
     Args:
