@@ -7,7 +7,7 @@
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and the API reference; at run time resolved by __getattr__ below
-    from d2lightning.engine.adapter import HookCallback
+    from d2lightning.engine.hook_base import HookCallback
     from d2lightning.engine.module import D2LightningModule
 
 from d2lightning._version import __version__

@@ -3,8 +3,9 @@
 Same names, signatures and file formats as detectron2: ``EventStorage`` (a context that is pushed on a global
 stack so that models can call :func:`get_event_storage` inside their forward), ``JSONWriter`` (one JSON line per
 iteration in ``metrics.json``), ``CommonMetricPrinter`` (the console line with ETA) and ``TensorboardXWriter``
-(here on ``torch.utils.tensorboard``). Under d2lightning the storage is opened by the Lightning adapter for every
-run and, besides these writers, feeds the Lightning Trainer's loggers.
+(here on ``torch.utils.tensorboard``). Under d2lightning the storage is opened by the training run
+(:mod:`d2lightning.engine.run`) and, besides these writers, feeds the Lightning Trainer's loggers and
+``callback_metrics``.
 """
 
 from __future__ import annotations
