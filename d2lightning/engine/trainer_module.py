@@ -232,6 +232,17 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             convert(None)
         self._restore_trainer_options(self.trainer)
 
+    def log(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
+        """``LightningModule.log``; during training, without ``batch_size``, every iteration weighs the same.
+
+        Lightning infers the batch size of a logged value from the batch its loop fetched; here the step fetches its
+        own batches (as detectron2's does), so Lightning requires ``batch_size=`` in every call made while training
+        (callbacks' included). It defaults to 1: epoch-level values are means over iterations.
+        """
+        if batch_size is None and self._trainer is not None and self._trainer.training:
+            batch_size = 1
+        super().log(name, value, *args, batch_size=batch_size, **kwargs)
+
     # ------------------------------------------------------------ evaluation and prediction
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

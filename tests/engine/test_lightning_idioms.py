@@ -423,3 +423,16 @@ def test_trainer_gradient_clipping_clips_before_each_optimizer_step() -> None:
     trainer.fit(module, datamodule=DataModule())
     assert norms == pytest.approx([1e-3] * 3, rel=1e-3)
     assert trainer.gradient_clip_val == 1e-3
+
+
+def test_self_log_while_training_needs_no_batch_size() -> None:
+    class LogLoss(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+            pl_module.log("mirror", trainer.callback_metrics["total_loss"], on_step=True, on_epoch=True)
+
+    module = module_without_loader()
+    trainer = lightning_trainer(4, [LogLoss()])
+    trainer.fit(module, datamodule=DataModule())
+    losses = [v for v, _ in module.d2_trainer.storage.history("total_loss").values()]
+    assert float(trainer.callback_metrics["mirror_step"]) == pytest.approx(losses[-1])
+    assert float(trainer.callback_metrics["mirror_epoch"]) == pytest.approx(sum(losses) / 4)  # iterations weigh alike

@@ -8,6 +8,7 @@ private attribute of a Lightning object.
 from __future__ import annotations
 
 import ast
+import csv
 import warnings
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,71 @@ def test_no_other_module_touches_lightnings_private_api() -> None:
         "._next_batch",
     )
     assert [o for o in offenders if not o.endswith(ours)] == []
+
+
+class _EveryHook(pl.Callback):
+    """Records each per-step hook point with ``global_step`` and ``batch_idx``; logs a value with ``self.log``."""
+
+    def __init__(self, calls: list[Any]) -> None:
+        self.calls = calls
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.calls.append(("batch_start", trainer.global_step, batch_idx))
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: Any) -> None:
+        self.calls.append(("before_backward", trainer.global_step))
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.calls.append(("after_backward", trainer.global_step))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.calls.append(("before_optimizer_step", trainer.global_step))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        self.calls.append(("batch_end", trainer.global_step, idx, pl_module._current_fx_name))
+        pl_module.log("seen", float(trainer.global_step), on_step=True)
+
+
+@pytest.mark.parametrize("stop_at", [None, 3])
+def test_the_lean_step_behaves_as_lightnings_own(tmp_path: Path, stop_at: int | None) -> None:
+    """Without a profiler, d2lightning's fits take the lean step; with one, Lightning's own: same everything."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    def fit(profiler: Any, name: str) -> tuple[list[Any], torch.Tensor, list[dict[str, str]], bool]:
+        torch.manual_seed(0)
+        calls: list[Any] = []
+        took: list[bool] = []
+        callbacks: list[Any] = [
+            _EveryHook(calls),
+            Capture(lambda t: took.append(_lightning.LeanTrainingLoop.applies(t))),
+        ]
+        if stop_at is not None:
+            callbacks.append(_StopAt(stop_at))
+        logger = CSVLogger(tmp_path, name=name)
+        trainer = lightning_trainer(6, callbacks, logger=logger, log_every_n_steps=2, profiler=profiler)
+        m = module()
+        trainer.fit(m)
+        with open(Path(logger.log_dir) / "metrics.csv") as f:  # timings differ from run to run: left out
+            rows = [{k: v for k, v in row.items() if "time" not in k} for row in csv.DictReader(f)]
+        return calls, m.model.mod.weight.detach().clone(), rows, took[0]
+
+    lean = fit(None, "lean")
+    own = fit(SimpleProfiler(), "own")
+    assert lean[3] and not own[3]
+    assert lean[0] == own[0]
+    assert torch.equal(lean[1], own[1])
+    assert lean[2] == own[2]
+    steps = 6 if stop_at is None else stop_at
+    assert [c[1] for c in lean[0] if c[0] == "batch_end"] == list(range(1, steps + 1))
+    assert {c[3] for c in lean[0] if c[0] == "batch_end"} == {"on_train_batch_end"}
+    assert [r["seen"] for r in lean[2] if r["seen"]][:2] == ["2.0", "4.0" if stop_at is None else "3.0"]
+
+
+class _StopAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
