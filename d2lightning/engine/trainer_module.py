@@ -39,6 +39,7 @@ from d2lightning.utils import comm
 __all__ = ["TrainerModule"]
 
 _MISSING = object()
+_BATCH_SIZE_POSITION = 9  # LightningModule.log(name, value, prog_bar, ..., add_dataloader_idx, batch_size, ...)
 
 #: Lightning's notices about choices this module makes (a default ``validation_step``, the ``dataloader_iter``
 #: step that lets detectron2's step fetch its own data), silenced while a fit sets up.
@@ -232,16 +233,17 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             convert(None)
         self._restore_trainer_options(self.trainer)
 
-    def log(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """``LightningModule.log``; during training, without ``batch_size``, every iteration weighs the same.
 
         Lightning infers the batch size of a logged value from the batch its loop fetched; here the step fetches its
         own batches (as detectron2's does), so Lightning requires ``batch_size=`` in every call made while training
         (callbacks' included). It defaults to 1: epoch-level values are means over iterations.
         """
-        if batch_size is None and self._trainer is not None and self._trainer.training:
-            batch_size = 1
-        super().log(name, value, *args, batch_size=batch_size, **kwargs)
+        given = len(args) > _BATCH_SIZE_POSITION or kwargs.get("batch_size") is not None
+        if not given and self._trainer is not None and self._trainer.training:
+            kwargs["batch_size"] = 1
+        super().log(name, value, *args, **kwargs)
 
     # ------------------------------------------------------------ evaluation and prediction
     def forward(self, *args: Any, **kwargs: Any) -> Any:
