@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -185,11 +186,14 @@ RCNN_ZOO_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 SYNTH_CLASSES = ["square", "bar"]
 
 
-def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed: int = 0) -> None:
+def register_synthetic_detection(
+    name: str, root: Any, num_images: int = 4, seed: int = 0, masks: bool = False
+) -> None:
     """Register ``name`` in detectron2's ``DatasetCatalog``/``MetadataCatalog`` (``evaluator_type="coco"``).
 
     Writes ``num_images`` 64x64 PNG files into ``root``: noise with a bright square (class 0) and a dark bar
-    (class 1), boxes in ``XYXY_ABS``. An existing registration of ``name`` is replaced.
+    (class 1), boxes in ``XYXY_ABS`` (with ``masks``, each object also has its box as a polygon
+    ``segmentation``, for Mask R-CNN). An existing registration of ``name`` is replaced.
     """
     import numpy as np
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -207,6 +211,10 @@ def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed
         Image.fromarray(image).save(path)
         boxes = [([x, y, x + 24, y + 24], 0), ([8 + 4 * i, 40, 44 + 4 * i, 56], 1)]
         annotations = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": 0} for b, c in boxes]
+        if masks:
+            for a in annotations:
+                x0, y0, x1, y1 = a["bbox"]
+                a["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
         dicts.append({"file_name": path, "image_id": i, "height": 64, "width": 64, "annotations": annotations})
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
@@ -251,12 +259,12 @@ def rcnn_cfg(output_dir: Any, train: str, test: str | None, max_iter: int = 4, p
 
 
 @contextlib.contextmanager
-def synthetic_datasets(root: Any, **datasets: tuple[int, int]) -> Iterator[None]:
+def synthetic_datasets(root: Any, masks: bool = False, **datasets: tuple[int, int]) -> Iterator[None]:
     """Register ``name=(num_images, seed)`` datasets (:func:`register_synthetic_detection`); remove them on exit."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for name, (num_images, seed) in datasets.items():
-        register_synthetic_detection(name, root, num_images, seed)
+        register_synthetic_detection(name, root, num_images, seed, masks)
     try:
         yield
     finally:
@@ -293,14 +301,62 @@ def restored_loggers() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def train_net_path() -> Path | None:
-    """detectron2's ``tools/train_net.py`` (``$DETECTRON2_TRAIN_NET``, else next to the installed source tree)."""
-    candidates = [os.environ.get("DETECTRON2_TRAIN_NET", ""), "/work/scratch/detectron2/tools/train_net.py"]
+#: Environment variables that locate detectron2's ``tools/`` scripts: a source checkout, or (older name) the path
+#: of ``tools/train_net.py`` itself. Without them, ``tools/`` next to an installed detectron2 package is used.
+DETECTRON2_TOOLS_VARIABLES = "DETECTRON2_SOURCE or DETECTRON2_TRAIN_NET"
+
+
+def detectron2_tool(name: str) -> Path | None:
+    """detectron2's ``tools/<name>``: in ``$DETECTRON2_SOURCE/tools``, next to ``$DETECTRON2_TRAIN_NET``, or next
+    to the installed detectron2 package's source tree; None when none of them has it."""
+    folders = []
+    if os.environ.get("DETECTRON2_SOURCE"):
+        folders.append(Path(os.environ["DETECTRON2_SOURCE"]) / "tools")
+    if os.environ.get("DETECTRON2_TRAIN_NET"):
+        folders.append(Path(os.environ["DETECTRON2_TRAIN_NET"]).parent)
     if detectron2_available():
         import detectron2
 
-        candidates.insert(1, str(Path(detectron2.__file__).resolve().parents[1] / "tools" / "train_net.py"))
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+        folders.append(Path(detectron2.__file__).resolve().parents[1] / "tools")
+    return next((f / name for f in folders if (f / name).is_file()), None)
+
+
+def needs_detectron2_tool(name: str) -> pytest.MarkDecorator:
+    """Skip a test, naming the variables to set, when detectron2's ``tools/<name>`` is not available."""
+    return pytest.mark.skipif(
+        detectron2_tool(name) is None,
+        reason=f"detectron2's tools/{name} is not available (set {DETECTRON2_TOOLS_VARIABLES})",
+    )
+
+
+def train_net_path() -> Path | None:
+    """detectron2's ``tools/train_net.py`` (see :func:`detectron2_tool`)."""
+    return detectron2_tool("train_net.py")
+
+
+def run_detectron2_tool(name: str, argv: list[str], imports: dict[str, str] | None = None) -> Any:
+    """Execute detectron2's ``tools/<name>`` as ``__main__`` with ``sys.argv = [name, *argv]``.
+
+    ``imports`` maps import lines to their replacement (in memory: the script on disk is untouched), e.g.
+    ``{"from detectron2.engine import": "from d2lightning.engine import"}`` — the only change a user makes; each
+    must occur exactly once. Returns the script's global namespace.
+    """
+    path = detectron2_tool(name)
+    if path is None:
+        raise FileNotFoundError(f"detectron2's tools/{name} is not available (set {DETECTRON2_TOOLS_VARIABLES})")
+    source = path.read_text()
+    for old, new in (imports or {}).items():
+        if source.count(old) != 1:
+            raise ValueError(f"{path} does not contain {old!r} exactly once")
+        source = source.replace(old, new)
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    try:
+        exec(compile(source, str(path), "exec"), namespace)
+    finally:
+        sys.argv = saved
+    return namespace
 
 
 def run_train_net(argv: list[str], d2lightning_engine: bool) -> None:
@@ -309,20 +365,8 @@ def run_train_net(argv: list[str], d2lightning_engine: bool) -> None:
     With ``d2lightning_engine``, its ``from detectron2.engine import`` line becomes ``from d2lightning.engine
     import`` (in memory), the only change a user makes.
     """
-    path = train_net_path()
-    if path is None:
-        raise FileNotFoundError("detectron2's tools/train_net.py is not available")
-    source = path.read_text()
-    if d2lightning_engine:
-        if source.count("from detectron2.engine import") != 1:
-            raise ValueError(f"{path} does not import detectron2.engine exactly once")
-        source = source.replace("from detectron2.engine import", "from d2lightning.engine import")
-    saved = sys.argv
-    sys.argv = ["train_net.py", *argv]
-    try:
-        exec(compile(source, str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
-    finally:
-        sys.argv = saved
+    engine = {"from detectron2.engine import": "from d2lightning.engine import"}
+    run_detectron2_tool("train_net.py", argv, engine if d2lightning_engine else None)
 
 
 TIMING_KEYS = frozenset({"time", "data_time", "rank_data_time", "eta_seconds"})
@@ -335,3 +379,21 @@ def metrics_lines(path: Any) -> list[dict[str, Any]]:
         {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in d.items() if k not in TIMING_KEYS}
         for d in lines
     ]
+
+
+_LOG_HEAD = re.compile(r"^\[\d\d/\d\d \d\d:\d\d:\d\d\] (\S+) (\w+): ", re.MULTILINE)
+
+
+def log_records(path: Any) -> list[tuple[str, str]]:
+    """``(logger name, message)`` of every record of a detectron2-layout ``log.txt`` (multi-line messages whole)."""
+    text = Path(path).read_text()
+    heads = list(_LOG_HEAD.finditer(text))
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return [(h.group(1), text[h.end() : end].rstrip("\n")) for h, end in zip(heads, ends, strict=True)]
+
+
+def detectron2_result_lines(path: Any) -> list[str]:
+    """What a detectron2 run logs that a drop-in engine must log too: the model printout ("Model:" record) and the
+    evaluation results (``copypaste:`` lines and the "Evaluation results for ..." tables), in order."""
+    keep = ("Model:\n", "copypaste: ", "Evaluation results for ", "Per-category ")
+    return [message for _, message in log_records(path) if message.startswith(keep)]

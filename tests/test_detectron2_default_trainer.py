@@ -23,6 +23,7 @@ from d2lightning import _compat
 from d2lightning.engine import DefaultTrainer
 from tests.d2_utils import (
     RCNN_ZOO_CONFIG,
+    detectron2_result_lines,
     metrics_lines,
     rcnn_cfg,
     rcnn_train_opts,
@@ -81,7 +82,8 @@ def detectron2_run(datasets: None, tmp_path_factory: pytest.TempPathFactory) -> 
     if train_net_path() is None:
         pytest.skip("detectron2's tools/train_net.py is not available")
     output_dir = tmp_path_factory.mktemp("detectron2_run")
-    run_train_net(_argv(output_dir), d2lightning_engine=False)
+    with restored_loggers():  # later runs must not log into this run's log.txt
+        run_train_net(_argv(output_dir), d2lightning_engine=False)
     return output_dir
 
 
@@ -103,9 +105,14 @@ def test_detectron2_reference_run_is_sane(detectron2_run: Path) -> None:
 @pytest.mark.slow
 def test_train_net_runs_on_d2lightning_with_only_its_import_changed(detectron2_run: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "run"
-    run_train_net(_argv(output_dir), d2lightning_engine=True)
+    with restored_loggers():
+        run_train_net(_argv(output_dir), d2lightning_engine=True)
     assert _files(output_dir) == _files(detectron2_run)
     assert metrics_lines(output_dir / "metrics.json") == metrics_lines(detectron2_run / "metrics.json")
+    # what detectron2's modules log reaches log.txt: the model printout, the evaluation tables and copypaste lines
+    expected = detectron2_result_lines(detectron2_run / "log.txt")
+    assert expected[0].startswith("Model:\n") and any(line.startswith("copypaste: ") for line in expected)
+    assert detectron2_result_lines(output_dir / "log.txt") == expected
     config = (output_dir / "config.yaml").read_text().replace(str(output_dir), "<OUTPUT_DIR>")
     assert config == (detectron2_run / "config.yaml").read_text().replace(str(detectron2_run), "<OUTPUT_DIR>")
 
