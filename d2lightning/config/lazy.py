@@ -182,11 +182,11 @@ class LazyConfig:
         """
         for item in overrides or ():
             text = str(item)
-            key, sep, raw = text.partition("=")
-            if not sep or not key.strip("+~"):
-                raise ConfigError(f"Override {text!r} is not of the form key=value (e.g. train.max_iter=100)")
-            if key.startswith("~"):
+            if text.startswith("~"):
                 raise ConfigError(f"Override {text!r}: deleting a key is not supported")
+            key, sep, raw = text.partition("=")
+            if not sep or not key.strip("+"):
+                raise ConfigError(f"Override {text!r} is not of the form key=value (e.g. train.max_iter=100)")
             adding = key.startswith("+")
             key = key.lstrip("+")
             _check_path(cfg, key, text, adding)

@@ -107,10 +107,14 @@ def _builtins_for(chain: tuple[str, ...]) -> dict[str, Any]:
         if level == 0 or not package.startswith(PACKAGE_PREFIX):
             return python_import(name, globals, locals, fromlist or (), level)
         importer = str((globals or {})["__file__"])
-        if not name:  # from . import a, b: each a config file, imported as a module
+        if _is_folder(importer, name, level) and fromlist:  # from .folder import a, b: config files in it
             module = ModuleType(package)
-            for item in fromlist or ():
-                setattr(module, item, _load_module(_relative_file(importer, item, level), chain))
+            for item in fromlist:
+                sub = _load_module(_relative_file(importer, f"{name}.{item}".lstrip("."), level), chain)
+                for key, value in vars(sub).items():
+                    if not key.startswith("_"):
+                        setattr(sub, key, as_config(value))
+                setattr(module, item, sub)
             return module
         module = _load_module(_relative_file(importer, name, level), chain)
         for item in fromlist or ():
@@ -130,12 +134,22 @@ def _load_module(filename: str, chain: tuple[str, ...]) -> ModuleType:
     return module
 
 
-def _relative_file(importer: str, name: str, level: int) -> str:
-    """The config file that ``from <level dots><name> import ...`` in ``importer`` refers to."""
+def _relative_path(importer: str, name: str, level: int) -> str:
+    """The path (without ``.py``) that ``<level dots><name>`` in ``importer`` refers to."""
     folder = os.path.dirname(importer)
     for _ in range(level - 1):
         folder = os.path.dirname(folder)
-    path = os.path.join(folder, *name.split("."))
+    return os.path.join(folder, *[part for part in name.split(".") if part])
+
+
+def _is_folder(importer: str, name: str, level: int) -> bool:
+    path = _relative_path(importer, name, level)
+    return os.path.isdir(path) and not os.path.isfile(path + ".py")
+
+
+def _relative_file(importer: str, name: str, level: int) -> str:
+    """The config file that ``from <level dots><name> import ...`` in ``importer`` refers to."""
+    path = _relative_path(importer, name, level)
     if os.path.isfile(path + ".py"):
         return path + ".py"
     dots = "." * level

@@ -189,7 +189,8 @@ def log_every_n_seconds(lvl: int, msg: str, n: float = 1, *, name: str | None = 
 
 
 def create_small_table(small_dict: Mapping[str, Any]) -> str:
-    """A one-row markdown ("pipe") table of a small dict, keys as headers, floats with 3 decimals, centred.
+    """A one-row markdown ("pipe") table of a small dict, keys as headers, floats with 3 decimals, centred
+    (the table detectron2 prints with ``tabulate``; d2lightning writes it without that dependency).
 
     Args:
         small_dict: a result dictionary of a few items.
@@ -197,9 +198,11 @@ def create_small_table(small_dict: Mapping[str, Any]) -> str:
     Returns:
         The table as a string.
     """
-    cells = [[str(k), f"{v:.3f}" if isinstance(v, float) else str(v)] for k, v in small_dict.items()]
-    widths = [max(len(h), len(v)) for h, v in cells]
-    header = "|" + "|".join(f" {h.center(w)} " for (h, _), w in zip(cells, widths, strict=True)) + "|"
+    cells = [(str(k), f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in small_dict.items()]
+    widths = [max(len(h) + 2, len(v)) for h, v in cells]  # headers get 2 spaces of room, as tabulate's
+
+    def line(texts: list[str]) -> str:
+        return "|" + "|".join(f" {t:^{w}} " for t, w in zip(texts, widths, strict=True)) + "|"
+
     rule = "|" + "|".join(f":{'-' * w}:" for w in widths) + "|"
-    row = "|" + "|".join(f" {v.center(w)} " for (_, v), w in zip(cells, widths, strict=True)) + "|"
-    return "\n".join([header, rule, row])
+    return "\n".join([line([h for h, _ in cells]), rule, line([v for _, v in cells])])
