@@ -3,8 +3,9 @@
 
 A config file is executed as a module of its own. Inside it, ``from .common import train`` or
 ``from ..data.coco import dataloader`` import *other config files* relative to it (``common.py``,
-``../data/coco.py``), and ``from . import common`` imports the file ``common.py`` as a module; each import
-runs that file again, and the mappings it names become ``DictConfig`` s. Absolute imports are ordinary Python
+``../data/coco.py``), and ``from . import common`` / ``from ..common import train`` import the files
+``common.py`` / ``../common/train.py`` as modules; each import runs that file again, and the mappings it
+names become ``DictConfig`` s. Absolute imports are ordinary Python
 imports.
 
 How, without touching global state: each config file runs with its own ``__builtins__`` whose ``__import__``

@@ -100,18 +100,34 @@ def setup_logger(
         if distributed_rank > 0:
             filename = f"{filename}.rank{distributed_rank}"
         os.makedirs(os.path.dirname(filename) or ".", exist_ok=True)
-        handler = logging.StreamHandler(_log_stream(os.path.abspath(filename)))
+        handler = LogFileHandler(_log_stream(os.path.abspath(filename)))
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter(_FILE_FORMAT, datefmt=_DATEFMT))
         logger.addHandler(handler)
     return logger
 
 
-@functools.lru_cache(maxsize=None)
+class LogFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler of a ``log.txt`` file: a stream handler on the file's shared stream (told apart from console
+    handlers by its class)."""
+
+
+_STREAMS: dict[str, IO[str]] = {}
+
+
 def _log_stream(filename: str) -> IO[str]:
-    """One append stream per log file, shared by every logger that writes to it."""
-    stream = open(filename, "a")  # noqa: SIM115 (kept open for the process' lifetime, closed at exit)
+    """One append stream per log file, shared by every logger that writes to it (closed at exit). A file deleted
+    or replaced since it was opened is opened again."""
+    stream = _STREAMS.get(filename)
+    if stream is not None and not stream.closed:
+        try:
+            if os.stat(filename).st_ino == os.fstat(stream.fileno()).st_ino:
+                return stream
+        except OSError:
+            pass
+    stream = open(filename, "a")  # noqa: SIM115 (kept open for the process' lifetime)
     atexit.register(stream.close)
+    _STREAMS[filename] = stream
     return stream
 
 
