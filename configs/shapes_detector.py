@@ -9,10 +9,10 @@
 # (`from .shapes_detector import model`), or override it on the command line as a.b=c.
 import torch
 
+import d2lightning.data.datasets as builtin_datasets  # a module: not part of the config
 from d2lightning.config import LazyCall as L
 from d2lightning.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from d2lightning.data.build import get_detection_dataset_dicts
-from d2lightning.data.datasets import BUILTIN_SHAPES
 from d2lightning.data.samplers import TrainingSampler
 from d2lightning.data.transforms import RandomFlip, ResizeShortestEdge
 from d2lightning.evaluation import COCOEvaluator
@@ -44,7 +44,7 @@ dataloader = dict(
             ],
             image_format="BGR",
         ),
-        sampler=L(TrainingSampler)(size=BUILTIN_SHAPES["shapes_train"][1], seed="${train.seed}"),
+        sampler=L(TrainingSampler)(size=builtin_datasets.BUILTIN_SHAPES["shapes_train"][1], seed="${train.seed}"),
         total_batch_size=16,
         num_workers=0,  # measured faster than 1 worker on 2 cores
     ),

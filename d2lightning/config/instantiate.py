@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from d2lightning.config.errors import ConfigError, ConfigTypeError
 
-__all__ = ["LazyTargetError", "instantiate", "locate", "target_to_string"]
+__all__ = ["LazyTargetError", "instantiate", "instantiate_at", "locate", "target_to_string"]
 
 TARGET_KEY = "_target_"
 
@@ -98,6 +98,19 @@ def instantiate(cfg: Any) -> Any:
         ConfigTypeError: a ``_target_`` is not callable, or calling it raised ``TypeError`` (names the key path).
     """
     return _instantiate(cfg, "")
+
+
+def instantiate_at(root: Any, key: str) -> Any:
+    """``instantiate(root.<key>)`` for a dotted ``key`` (``"dataloader.train"``), with errors naming the full key path
+    (``model.backbone``) rather than a path relative to the node.
+
+    Raises:
+        The errors of :func:`instantiate`.
+    """
+    node = root
+    for part in key.split("."):
+        node = node[part]
+    return _instantiate(node, key)
 
 
 def _join(path: str, key: Any) -> str:

@@ -56,12 +56,13 @@ def setup(args: Any) -> Any:
 def do_test(cfg: Any, model: Any) -> dict[str, Any] | None:
     """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator`` (when the config has one)
     and print the results in detectron2's CSV format; returns them."""
-    from d2lightning.config import instantiate
+    from d2lightning.config.instantiate import instantiate_at
     from d2lightning.evaluation import inference_on_dataset, print_csv_format
 
     if "evaluator" not in cfg.dataloader:
         return None
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    loader = instantiate_at(cfg, "dataloader.test")
+    results = inference_on_dataset(model, loader, instantiate_at(cfg, "dataloader.evaluator"))
     print_csv_format(results)
     return results
 
@@ -69,16 +70,16 @@ def do_test(cfg: Any, model: Any) -> dict[str, Any] | None:
 def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     """Train as ``lazyconfig_train_net.do_train`` does; returns the results of the last evaluation, if any."""
     from d2lightning.checkpoint import DetectionCheckpointer
-    from d2lightning.config import instantiate
+    from d2lightning.config.instantiate import instantiate_at
     from d2lightning.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
     from d2lightning.utils import comm
 
-    model = instantiate(cfg.model)
+    model = instantiate_at(cfg, "model")
     logging.getLogger("d2lightning").info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    optimizer = instantiate_at(cfg, "optimizer")
+    train_loader = instantiate_at(cfg, "dataloader.train")
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
@@ -92,7 +93,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(
@@ -113,10 +114,10 @@ def evaluate_checkpoint(args: Any, cfg: Any) -> dict[str, Any] | None:
     """``--eval-only``: load ``train.init_checkpoint`` (with ``--resume``: the last checkpoint of
     ``train.output_dir``, else ``init_checkpoint``) into a new model and evaluate it."""
     from d2lightning.checkpoint import DetectionCheckpointer
-    from d2lightning.config import instantiate
+    from d2lightning.config.instantiate import instantiate_at
     from d2lightning.engine import create_ddp_model
 
-    model = instantiate(cfg.model)
+    model = instantiate_at(cfg, "model")
     model.to(cfg.train.device)
     model = create_ddp_model(model)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
