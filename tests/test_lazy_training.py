@@ -153,3 +153,29 @@ def test_bad_overrides_and_targets_are_one_line_errors(
 ) -> None:
     assert _train(*_lazy(tmp_path, 2), override) == 1
     assert capsys.readouterr().err == f"d2lightning train: error: {message}\n"
+
+
+@pytest.mark.slow
+def test_num_gpus_2_trains_the_lazyconfig_on_two_processes(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.launch_job import LAUNCHER_VARS
+    from tests.test_launch import _free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "d2lightning", "train", "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
+        *_lazy(out, 4, "train.checkpointer.period=2", "train.eval_period=2"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Final evaluation results (box AP, percent)" in proc.stdout
+    log0, log1 = (out / "log.txt").read_text(), (out / "log.txt.rank1").read_text()
+    assert "Rank of current process: 1. World size: 2" in log1
+    assert log0.count("Saving checkpoint to") == 3 and "Saving checkpoint" not in log1  # 1, 3 and final, on rank 0
+    assert log0.count("Start inference on") == log1.count("Start inference on") == 2  # on every rank
+    assert [d["iteration"] for d in _eval_lines(out)] == [1, 4]  # EvalHook: after iteration 1 (the 2nd), and at the end
