@@ -198,7 +198,7 @@ def test_to_py_writes_calls_and_assignments() -> None:
 # ---------------------------------------------------------------- overrides
 def _train_cfg() -> DictConfig:
     return OmegaConf.create(
-        {"train": {"max_iter": 10, "lr": 0.1, "name": "a", "amp": {"enabled": False}, "steps": [1]}},
+        {"train": {"max_iter": 10, "lr": 0.1, "name": "a", "amp": {"enabled": False}, "steps": [1], "aug": [{"s": 1}]}},
         flags={"allow_objects": True},
     )
 
@@ -206,10 +206,11 @@ def _train_cfg() -> DictConfig:
 def test_overrides_of_existing_keys_are_parsed_as_values() -> None:
     cfg = LazyConfig.apply_overrides(
         _train_cfg(),
-        ["train.max_iter=20", "train.lr=1e-3", "train.name=b c", "train.amp.enabled=true", "train.steps=[3, 4]"],
-    )
+        ["train.max_iter=20", "train.lr=1e-3", "train.name=b c", "train.amp.enabled=true", "train.steps=[3, 4]",
+         "train.aug.0.s=64"],
+    )  # fmt: skip
     assert OmegaConf.to_container(cfg.train) == {
-        "max_iter": 20, "lr": 0.001, "name": "b c", "amp": {"enabled": True}, "steps": [3, 4],
+        "max_iter": 20, "lr": 0.001, "name": "b c", "amp": {"enabled": True}, "steps": [3, 4], "aug": [{"s": 64}],
     }  # fmt: skip
     assert LazyConfig.apply_overrides(cfg, ["train.name='quoted'", "train.lr=None"]).train.name == "quoted"
     assert cfg.train.lr is None
@@ -224,10 +225,11 @@ def test_a_new_key_is_refused_with_the_closest_one_unless_added_with_plus() -> N
     )
     with pytest.raises(UnknownKeyError, match=r"^Unknown config key 'zzz' .* To add it as a new key, write '\+zzz=1'"):
         LazyConfig.apply_overrides(cfg, ["zzz=1"])
-    LazyConfig.apply_overrides(cfg, ["+train.seed=3"])
-    assert cfg.train.seed == 3
-    with pytest.raises(ConfigError, match=r"'train.x' does not exist; '\+' adds the last key only"):
-        LazyConfig.apply_overrides(cfg, ["+train.x.y=1"])
+    LazyConfig.apply_overrides(cfg, ["+train.seed=3", "+train.new.section=[1]"])
+    assert cfg.train.seed == 3 and cfg.train.new.section == [1]
+    with pytest.raises(UnknownKeyError, match=r"^Unknown config key 'train.steps.1' .*Did you mean 'train.steps'\?"):
+        LazyConfig.apply_overrides(cfg, ["train.steps.1=5"])  # a list index past its end
+    assert OmegaConf.is_struct(cfg) is None  # struct mode only while overriding
 
 
 @pytest.mark.parametrize(

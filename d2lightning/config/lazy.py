@@ -7,8 +7,8 @@ applies ``a.b=c`` overrides and renders them as Python-like code. The objects ar
 detectron2 uses, so configs cross between the two libraries both ways: a config made with detectron2's
 ``LazyCall`` instantiates here, detectron2's own config files load here, and ours load there.
 
-Stricter than detectron2: an override of a key the config does not have is refused with the closest existing key
-(detectron2 silently adds it); add a new key on purpose with ``+a.b=c``. Errors name the file, line, key or
+Stricter than detectron2: an override of a key the config does not have is refused (omegaconf's struct mode) with
+the closest existing key (detectron2 silently adds it); add a new key on purpose with ``+a.b=c``. Errors name the file, line, key or
 target concerned (see :mod:`d2lightning.config.errors`).
 
 Example::
@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import ast
 import copy
 import inspect
 import logging
@@ -33,11 +32,19 @@ from dataclasses import is_dataclass
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode
+from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode, flag_override
+from omegaconf.errors import ConfigAttributeError, ConfigIndexError, ConfigKeyError, ValidationError
 
-from d2lightning.config.errors import ConfigError, ConfigFileError, ConfigTypeError, unknown_key_error
+from d2lightning.config.errors import (
+    ConfigError,
+    ConfigFileError,
+    ConfigTypeError,
+    UnknownKeyError,
+    unknown_key_error,
+)
 from d2lightning.config.instantiate import TARGET_KEY, target_to_string
 from d2lightning.config.lazy_loader import as_config, run_config_file
+from d2lightning.config.spec import decode_candidates
 
 __all__ = ["LazyCall", "LazyConfig"]
 
@@ -171,26 +178,35 @@ class LazyConfig:
     def apply_overrides(cfg: Any, overrides: Sequence[str] | None) -> Any:
         """Apply ``key=value`` overrides in place (``train.max_iter=100``) and return ``cfg``.
 
-        A value is read as a Python literal (``0.1``, ``[1, 2]``, ``"a b"``, ``None``, ``True``), else as YAML's
-        ``true``/``false``/``null``/number/list, else taken as a string. The key must exist; ``+key=value``
-        adds a new one.
+        A value is read as a Python literal (``0.1``, ``[1, 2]``, ``"a b"``, ``None``, ``True``), or as
+        ``true``/``false``/``null``, else taken as a string. The key must exist (omegaconf's struct mode checks
+        it); ``+key=value`` adds a new one. List items are addressed by index (``a.augmentations.0.size=64``).
 
         Raises:
             UnknownKeyError: the key does not exist (with the closest existing key).
-            ConfigError: an item is not ``key=value``, asks to delete a key (``~key``), or sets a key below a
-                value that is not a config.
+            ConfigTypeError: the key is below a value that is not a config, or a typed (structured) config
+                refuses the value.
+            ConfigError: an item is not ``key=value``, or asks to delete a key (``~key``).
         """
         for item in overrides or ():
             text = str(item)
             if text.startswith("~"):
                 raise ConfigError(f"Override {text!r}: deleting a key is not supported")
             key, sep, raw = text.partition("=")
-            if not sep or not key.strip("+"):
-                raise ConfigError(f"Override {text!r} is not of the form key=value (e.g. train.max_iter=100)")
             adding = key.startswith("+")
-            key = key.lstrip("+")
-            _check_path(cfg, key, text, adding)
-            OmegaConf.update(cfg, key, parse_override_value(raw), merge=True, force_add=adding)
+            key = key[1:] if adding else key
+            if not sep or not key:
+                raise ConfigError(f"Override {text!r} is not of the form key=value (e.g. train.max_iter=100)")
+            value = decode_candidates(raw, yaml_words=True)[0]
+            _check_prefixes(cfg, key, text)  # omegaconf would replace a plain value on the way by a config
+            try:
+                with flag_override(cfg, "struct", True):
+                    OmegaConf.update(cfg, key, value, merge=True, force_add=adding)
+            except (ConfigAttributeError, ConfigKeyError, ConfigIndexError):
+                raise _missing_key_error(cfg, key, text) from None
+            except ValidationError as e:
+                message = str(e).splitlines()[0]
+                raise ConfigTypeError(f"Override {text!r}: {message}", key=key) from None
         return cfg
 
     @staticmethod
@@ -218,46 +234,28 @@ def _pickler() -> Any:
     return cloudpickle
 
 
-def parse_override_value(text: str) -> Any:
-    """The value of an override's right-hand side (see :meth:`LazyConfig.apply_overrides`)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, (bool, int, float, list)) or value is None and text.strip() else text
-
-
-def _check_path(cfg: Any, key: str, text: str, adding: bool) -> None:
-    """Refuse an override of a key ``cfg`` lacks (unless ``adding`` its last part) or below a plain value."""
-    node = cfg
+def _check_prefixes(cfg: Any, key: str, text: str) -> None:
+    """Refuse a key below a plain value (``train.lr.x`` where ``train.lr`` is a float), as detectron2 does."""
     parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not OmegaConf.is_config(node):
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        value = OmegaConf.select(cfg, prefix, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT:
+            return
+        if not OmegaConf.is_config(value):
             raise ConfigTypeError(
-                f"Override {text!r}: {'.'.join(parts[:i])!r} is a {type(node).__name__}, not a config with keys",
-                key=key,
+                f"Override {text!r}: {prefix!r} is a {type(value).__name__}, not a config with keys", key=key
             )
-        if isinstance(node, DictConfig):
-            present = part in node.keys()
-        else:
-            present = part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node)
-        if not present:
-            if adding and i == len(parts) - 1:
-                return
-            if adding:
-                raise ConfigError(
-                    f"Override {text!r}: {'.'.join(parts[: i + 1])!r} does not exist; '+' adds the last key only",
-                    key=key,
-                )
-            raise unknown_key_error(
-                key, _dotted_keys(cfg), f"override {text!r}", f" To add it as a new key, write '+{text}'."
-            )
-        if i < len(parts) - 1:
-            node = node[part] if isinstance(node, DictConfig) else node[int(part)]
+
+
+def _missing_key_error(cfg: Any, key: str, text: str) -> UnknownKeyError:
+    """The error for a key ``cfg`` lacks, naming the closest existing key."""
+    return unknown_key_error(
+        key, _dotted_keys(cfg), f"override {text!r}", f" To add it as a new key, write '+{text}'."
+    )
+
+
+_ABSENT = object()
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
