@@ -186,9 +186,7 @@ RCNN_ZOO_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 SYNTH_CLASSES = ["square", "bar"]
 
 
-def register_synthetic_detection(
-    name: str, root: Any, num_images: int = 4, seed: int = 0, masks: bool = False
-) -> None:
+def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed: int = 0, masks: bool = False) -> None:
     """Register ``name`` in detectron2's ``DatasetCatalog``/``MetadataCatalog`` (``evaluator_type="coco"``).
 
     Writes ``num_images`` 64x64 PNG files into ``root``: noise with a bright square (class 0) and a dark bar

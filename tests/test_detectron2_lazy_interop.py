@@ -61,9 +61,7 @@ def _compatible(ours: list[tuple[str, Any, str]], theirs: list[tuple[str, Any, s
         for a, b in zip(ours, theirs, strict=False)
     ]
     return (
-        len(ours) >= len(theirs)
-        and all(same)
-        and all(p[1] == inspect.Parameter.KEYWORD_ONLY and p[2] for p in extra)
+        len(ours) >= len(theirs) and all(same) and all(p[1] == inspect.Parameter.KEYWORD_ONLY and p[2] for p in extra)
     )
 
 
@@ -95,7 +93,10 @@ def test_the_documented_signature_difference_is_only_the_default_name() -> None:
 
     diff = [(a, b) for a, b in zip(_parameters(ours), _parameters(theirs), strict=True) if a != b]
     assert diff == [
-        (("name", inspect.Parameter.KEYWORD_ONLY, "'d2lightning'"), ("name", inspect.Parameter.KEYWORD_ONLY, "'detectron2'"))
+        (
+            ("name", inspect.Parameter.KEYWORD_ONLY, "'d2lightning'"),
+            ("name", inspect.Parameter.KEYWORD_ONLY, "'detectron2'"),
+        )
     ]
 
 

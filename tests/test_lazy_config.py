@@ -174,7 +174,9 @@ def test_relative_imports_between_config_files(tmp_path: Path) -> None:
 
 def test_load_rel_is_relative_to_the_calling_file(tmp_path: Path) -> None:
     _write(tmp_path, "a/other.py", "x = dict(v=1)\n")
-    caller = _write(tmp_path, "a/caller.py", "from d2lightning.config import LazyConfig\nx = LazyConfig.load_rel('other.py', 'x')\n")
+    caller = _write(
+        tmp_path, "a/caller.py", "from d2lightning.config import LazyConfig\nx = LazyConfig.load_rel('other.py', 'x')\n"
+    )
     assert LazyConfig.load(str(caller)).x.v == 1
 
 
@@ -256,7 +258,9 @@ def test_a_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
 
 def test_an_error_raised_by_a_config_file_names_the_file_and_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "bad.py", "a = dict(x=1)\nb = undefined_name\n")
-    with pytest.raises(ConfigFileError, match=r"^Config file '.*bad.py', line 2, raised NameError: name 'undefined_name'"):
+    with pytest.raises(
+        ConfigFileError, match=r"^Config file '.*bad.py', line 2, raised NameError: name 'undefined_name'"
+    ):
         LazyConfig.load(str(path))
 
 
@@ -289,15 +293,21 @@ def test_a_target_that_does_not_import_names_the_key_path_and_target() -> None:
     cfg = L(Pair)(a=L(Pair)(a={"_target_": "no_such_package.Model"}), b=1)
     with pytest.raises(LazyTargetError) as info:
         instantiate(cfg)
-    assert str(info.value) == "Cannot import _target_ 'no_such_package.Model' at 'a.a': No module named 'no_such_package'"
-    with pytest.raises(ImportError, match=r"^Cannot import _target_ 'torch.nn.NoSuchLayer' at 'b\[0\]': 'torch.nn' has no"):
+    assert (
+        str(info.value) == "Cannot import _target_ 'no_such_package.Model' at 'a.a': No module named 'no_such_package'"
+    )
+    with pytest.raises(
+        ImportError, match=r"^Cannot import _target_ 'torch.nn.NoSuchLayer' at 'b\[0\]': 'torch.nn' has no"
+    ):
         instantiate({"_target_": "collections.OrderedDict", "b": [{"_target_": "torch.nn.NoSuchLayer"}]})
 
 
 def test_a_target_that_is_not_callable_is_a_clear_error() -> None:
     with pytest.raises(ConfigTypeError, match=r"^_target_ at 'model' is 3 \(int\), which is not callable"):
         instantiate({"_target_": "collections.OrderedDict", "model": {"_target_": 3}})
-    with pytest.raises(TypeError, match=r"^Cannot instantiate tests.test_lazy_config.Point at 'p': .*unexpected keyword"):
+    with pytest.raises(
+        TypeError, match=r"^Cannot instantiate tests.test_lazy_config.Point at 'p': .*unexpected keyword"
+    ):
         instantiate({"_target_": "dict", "p": L(Point)(z=1)})
     with pytest.raises(TypeError, match=r"^LazyCall target must be a callable, its dotted name or a config; got 3$"):
         L(3)

@@ -140,12 +140,18 @@ def test_bad_lazyconfig_files_are_one_line_errors(
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.max_itr=5", "Unknown config key 'train.max_itr' (in override 'train.max_itr=5'). Did you mean 'train.max_iter'?"),
+        (
+            "train.max_itr=5",
+            "Unknown config key 'train.max_itr' (in override 'train.max_itr=5'). Did you mean 'train.max_iter'?",
+        ),
         (
             "model._target_=no_such_module.Model",
             "Cannot import _target_ 'no_such_module.Model' at 'model': No module named 'no_such_module'",
         ),
-        ("model._target_=3", "_target_ at 'model' is 3 (int), which is not callable; give a class or function, or its dotted name"),
+        (
+            "model._target_=3",
+            "_target_ at 'model' is 3 (int), which is not callable; give a class or function, or its dotted name",
+        ),
     ],
 )
 def test_bad_overrides_and_targets_are_one_line_errors(

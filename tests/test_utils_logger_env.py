@@ -75,9 +75,10 @@ def test_setup_logger_file_layout_and_shared_file(tmp_path: Path) -> None:
         setup_logger(str(tmp_path), name="fvcore", configure_stdout=False)
         logging.getLogger("detectron2.data").info("first")
         logging.getLogger("fvcore.common").warning("second")
-        assert setup_logger(str(tmp_path), name="fvcore", configure_stdout=False).handlers == logging.getLogger(
-            "fvcore"
-        ).handlers  # cached: no second handler
+        assert (
+            setup_logger(str(tmp_path), name="fvcore", configure_stdout=False).handlers
+            == logging.getLogger("fvcore").handlers
+        )  # cached: no second handler
         assert len(logging.getLogger("fvcore").handlers) == 1
         for handler in logging.getLogger("fvcore").handlers:
             handler.flush()
@@ -106,7 +107,10 @@ def test_default_setup_sends_detectron2_and_fvcore_logs_to_log_txt(tmp_path: Pat
         logging.getLogger("detectron2.evaluation.testing").info("copypaste: AP,AP50")
         logging.getLogger("fvcore.common.checkpoint").info("Saving checkpoint to x")
         logging.getLogger("d2lightning.engine").info("ours")
-        assert [type(h).__name__ for h in logging.getLogger("detectron2").handlers] == ["StreamHandler", "LogFileHandler"]
+        assert [type(h).__name__ for h in logging.getLogger("detectron2").handlers] == [
+            "StreamHandler",
+            "LogFileHandler",
+        ]
         for name in ("detectron2", "fvcore", "d2lightning"):
             for handler in logging.getLogger(name).handlers:
                 handler.flush()
@@ -143,7 +147,7 @@ def test_setup_custom_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_torch_version_and_doc_building() -> None:
     import torch
 
-    assert env.TORCH_VERSION == tuple(int(x) for x in torch.__version__.split(".")[:2])
+    assert tuple(int(x) for x in torch.__version__.split(".")[:2]) == env.TORCH_VERSION
     assert env.DOC_BUILDING is False
     namespace = {"thing": test_torch_version_and_doc_building}
     env.fixup_module_metadata("tests", namespace)  # a no-op unless documentation is being built

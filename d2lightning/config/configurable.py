@@ -30,8 +30,10 @@ from typing import Any, TypeVar
 __all__ = ["configurable"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_MISUSE = "Incorrect use of @configurable: decorate __init__ (with a from_config classmethod), or use " \
+_MISUSE = (
+    "Incorrect use of @configurable: decorate __init__ (with a from_config classmethod), or use "
     "@configurable(from_config=function) on a function."
+)
 
 
 def configurable(init_func: F | None = None, *, from_config: Callable[..., Any] | None = None) -> Any:

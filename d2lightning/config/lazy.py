@@ -8,8 +8,8 @@ detectron2 uses, so configs cross between the two libraries both ways: a config 
 ``LazyCall`` instantiates here, detectron2's own config files load here, and ours load there.
 
 Stricter than detectron2: an override of a key the config does not have is refused (omegaconf's struct mode) with
-the closest existing key (detectron2 silently adds it); add a new key on purpose with ``+a.b=c``. Errors name the file, line, key or
-target concerned (see :mod:`d2lightning.config.errors`).
+the closest existing key (detectron2 silently adds it); add a new key on purpose with ``+a.b=c``. Errors name the
+file, line, key or target concerned (see :mod:`d2lightning.config.errors`).
 
 Example::
 
@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -250,9 +251,7 @@ def _check_prefixes(cfg: Any, key: str, text: str) -> None:
 
 def _missing_key_error(cfg: Any, key: str, text: str) -> UnknownKeyError:
     """The error for a key ``cfg`` lacks, naming the closest existing key."""
-    return unknown_key_error(
-        key, _dotted_keys(cfg), f"override {text!r}", f" To add it as a new key, write '+{text}'."
-    )
+    return unknown_key_error(key, _dotted_keys(cfg), f"override {text!r}", f" To add it as a new key, write '+{text}'.")
 
 
 _ABSENT = object()
@@ -261,8 +260,8 @@ _ABSENT = object()
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(cfg, DictConfig):
-        for k in cfg.keys():
-            full = f"{prefix}{k}"
+        for k in cfg:
+            full = f"{prefix}{k!s}"
             keys.append(full)
             child = OmegaConf.select(cfg, str(k), throw_on_missing=False, throw_on_resolution_failure=False)
             keys.extend(_dotted_keys(child, full + "."))
@@ -294,10 +293,8 @@ def _target_as_string(node: DictConfig) -> None:
     if TARGET_KEY in node:
         target = node[TARGET_KEY]
         if callable(target):
-            try:
+            with contextlib.suppress(AttributeError):  # no __module__ / __qualname__: keep the object
                 node[TARGET_KEY] = target_to_string(target)
-            except AttributeError:  # no __module__ / __qualname__: keep the object
-                pass
 
 
 def _python_lines(tree: Any, prefix: str) -> str:

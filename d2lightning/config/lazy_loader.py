@@ -67,9 +67,7 @@ def _run(filename: str, chain: tuple[str, ...]) -> dict[str, Any]:
         raise
     except Exception as e:
         line = _line_in(e, filename)
-        raise ConfigFileError(
-            f"Config file {filename!r}{line} raised {type(e).__name__}: {e}", path=filename
-        ) from e
+        raise ConfigFileError(f"Config file {filename!r}{line} raised {type(e).__name__}: {e}", path=filename) from e
     return namespace
 
 
@@ -99,8 +97,8 @@ def _builtins_for(chain: tuple[str, ...]) -> dict[str, Any]:
 
     def config_import(
         name: str,
-        globals: Mapping[str, Any] | None = None,  # noqa: A002 (the signature of __import__)
-        locals: Mapping[str, Any] | None = None,  # noqa: A002
+        globals: Mapping[str, Any] | None = None,
+        locals: Mapping[str, Any] | None = None,
         fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> Any:

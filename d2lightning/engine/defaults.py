@@ -20,7 +20,7 @@ from d2lightning.utils.env import collect_env_info, seed_all_rng
 from d2lightning.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from d2lightning.utils.logger import setup_logger
 
-__all__ = [
+__all__ = [  # noqa: F822 (DefaultPredictor and DefaultTrainer are resolved by __getattr__ below)
     "DefaultPredictor",
     "DefaultTrainer",
     "create_ddp_model",

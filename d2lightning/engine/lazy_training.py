@@ -96,9 +96,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
             hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process
             else None,
         ]

@@ -139,7 +139,9 @@ def setup_custom_environment(custom_module: str) -> None:
     setup()
 
 
-def fixup_module_metadata(module_name: str, namespace: MutableMapping[str, Any], keys: Iterable[str] | None = None) -> None:
+def fixup_module_metadata(
+    module_name: str, namespace: MutableMapping[str, Any], keys: Iterable[str] | None = None
+) -> None:
     """While documentation is built (:data:`DOC_BUILDING`), show the public members of ``namespace`` as members of
     ``module_name`` (their ``__module__``; ``__name__``/``__qualname__`` = the exported name). Otherwise a no-op,
     as in detectron2.

@@ -40,7 +40,7 @@ class _ConsoleFormatter(logging.Formatter):
         super().__init__((f"{_GREEN}{head}{_RESET}" if color else head) + "%(message)s", datefmt=_DATEFMT)
         self._root, self._abbrev, self._color = root_name, abbrev_name, color
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord(record.__dict__)  # other handlers keep the real name
         if record.name == self._root or record.name.startswith(self._root + "."):
             rest = record.name[len(self._root) :]
@@ -107,7 +107,7 @@ def setup_logger(
     return logger
 
 
-class LogFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LogFileHandler(logging.StreamHandler):
     """The handler of a ``log.txt`` file: a stream handler on the file's shared stream (told apart from console
     handlers by its class)."""
 
@@ -149,7 +149,9 @@ def _caller() -> tuple[str, tuple[str, int, str]]:
     return ("detectron2" if module == "__main__" else module), (code.co_filename, frame.f_lineno, code.co_name)
 
 
-def log_first_n(lvl: int, msg: str, n: int = 1, *, name: str | None = None, key: str | tuple[str, ...] = "caller") -> None:
+def log_first_n(
+    lvl: int, msg: str, n: int = 1, *, name: str | None = None, key: str | tuple[str, ...] = "caller"
+) -> None:
     """Log ``msg`` only the first ``n`` times.
 
     Args:
