@@ -327,6 +327,19 @@ def needs_detectron2_tool(name: str) -> pytest.MarkDecorator:
     )
 
 
+@contextlib.contextmanager
+def one_thread_restored_loggers() -> Iterator[None]:
+    """One intra-op thread (two spin against each other on a busy shared CPU), and the loggers restored afterwards
+    (:func:`restored_loggers`): for a module-scoped autouse fixture of tests that train detectron2 models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with restored_loggers():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_net_path() -> Path | None:
     """detectron2's ``tools/train_net.py`` (see :func:`detectron2_tool`)."""
     return detectron2_tool("train_net.py")

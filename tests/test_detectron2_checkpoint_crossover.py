@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 import torch
 
-from tests.d2_utils import DETECTRON2_MARKS, rcnn_cfg, restored_loggers, small_rcnn, synthetic_datasets
+from tests.d2_utils import (
+    DETECTRON2_MARKS,
+    one_thread_restored_loggers,
+    rcnn_cfg,
+    small_rcnn,
+    synthetic_datasets,
+)
 from tests.helpers import SimpleModel, infinite_loader
 
 pytestmark = DETECTRON2_MARKS
@@ -37,11 +43,8 @@ LIBRARIES = ["detectron2", "d2lightning"]
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with restored_loggers():
+    with one_thread_restored_loggers():
         yield
-    torch.set_num_threads(threads)
 
 
 def assert_same_state(a: Any, b: Any, where: str = "state") -> None:

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from d2lightning import _compat
 from d2lightning.engine import DefaultTrainer
 from tests.d2_utils import (
+    DETECTRON2_TOOLS_VARIABLES,
     RCNN_ZOO_CONFIG,
     detectron2_result_lines,
     metrics_lines,
+    needs_detectron2_tool,
+    one_thread_restored_loggers,
     rcnn_cfg,
     rcnn_train_opts,
     requires_detectron2,
@@ -41,19 +43,13 @@ RUN_FILES = [
     "model_0000001.pth", "model_0000003.pth", "model_final.pth",
 ]  # fmt: skip
 AP_KEYS = ["bbox/AP", "bbox/AP-bar", "bbox/AP-square", "bbox/AP50", "bbox/AP75", "bbox/APl", "bbox/APm", "bbox/APs"]
-needs_train_net = pytest.mark.skipif(
-    train_net_path() is None, reason="detectron2's tools/train_net.py is not available"
-)
+needs_train_net = needs_detectron2_tool("train_net.py")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_single_thread() -> Iterator[None]:
-    """One intra-op thread (two spin against each other on a busy shared CPU); loggers restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with restored_loggers():
+    with one_thread_restored_loggers():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +76,7 @@ def _files(output_dir: Path) -> list[str]:
 def detectron2_run(datasets: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTPUT_DIR of detectron2's unmodified train_net.py on the shrunk config."""
     if train_net_path() is None:
-        pytest.skip("detectron2's tools/train_net.py is not available")
+        pytest.skip(f"detectron2's tools/train_net.py is not available (set {DETECTRON2_TOOLS_VARIABLES})")
     output_dir = tmp_path_factory.mktemp("detectron2_run")
     with restored_loggers():  # later runs must not log into this run's log.txt
         run_train_net(_argv(output_dir), d2lightning_engine=False)

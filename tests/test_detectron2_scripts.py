@@ -21,14 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.d2_utils import (
     DETECTRON2_MARKS,
+    DETECTRON2_TOOLS_VARIABLES,
     detectron2_result_lines,
     detectron2_tool,
     metrics_lines,
     needs_detectron2_tool,
+    one_thread_restored_loggers,
     rcnn_train_opts,
     restored_loggers,
     run_detectron2_tool,
@@ -49,12 +50,8 @@ MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py"
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_single_thread() -> Iterator[None]:
-    """One intra-op thread (two spin against each other on a busy shared CPU); loggers restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with restored_loggers():
+    with one_thread_restored_loggers():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +150,7 @@ def _mask_rcnn_config() -> str:
 def detectron2_lazy_run(datasets: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTPUT_DIR of detectron2's unmodified lazyconfig_train_net.py on the CPU-sized Mask R-CNN LazyConfig."""
     if detectron2_tool("lazyconfig_train_net.py") is None:
-        pytest.skip("detectron2's tools/lazyconfig_train_net.py is not available (set DETECTRON2_SOURCE)")
+        pytest.skip(f"detectron2's tools/lazyconfig_train_net.py is not available (set {DETECTRON2_TOOLS_VARIABLES})")
     output_dir = tmp_path_factory.mktemp("detectron2_lazy")
     _run("lazyconfig_train_net.py", ["--config-file", _mask_rcnn_config(), *_lazy_overrides(output_dir)], None)
     return output_dir
