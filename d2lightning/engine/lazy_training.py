@@ -75,7 +75,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     from d2lightning.utils import comm
 
     model = instantiate_at(cfg, "model")
-    logging.getLogger("d2lightning").info(f"Model:\n{model}")
+    logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate_at(cfg, "optimizer")
