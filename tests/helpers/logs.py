@@ -1,0 +1,70 @@
+"""Process-wide logger state in tests: putting it back, and reading what ``d2lightning.*`` logged."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CONFIGURED_LOGGERS = ("d2lightning", "lightning.pytorch", "detectron2", "fvcore")
+"""The loggers ``default_setup``/``setup_logger`` (both libraries'), ``DefaultTrainer`` and the CLI configure."""
+
+
+@contextlib.contextmanager
+def restored_loggers() -> Iterator[None]:
+    """Undo what was done meanwhile to :data:`CONFIGURED_LOGGERS` (level, propagation, handlers) and forget
+    which loggers ``setup_logger`` already set up, so that tests do not depend on their order."""
+    saved = {}
+    for name in CONFIGURED_LOGGERS:
+        lg = logging.getLogger(name)
+        saved[name] = (lg.propagate, list(lg.handlers), lg.level)
+    try:
+        yield
+    finally:
+        from d2lightning.utils.logger import setup_logger
+
+        setup_logger.cache_clear()
+        d2_logger = sys.modules.get("detectron2.utils.logger")
+        if d2_logger is not None:
+            d2_logger.setup_logger.cache_clear()
+        for name, (propagate, handlers, level) in saved.items():
+            lg = logging.getLogger(name)
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers, lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+class LogRecords(logging.Handler):
+    """Collects the messages of the ``d2lightning`` logger (which does not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_LOG_HEAD = re.compile(r"^\[\d\d/\d\d \d\d:\d\d:\d\d\] (\S+) (\w+): ", re.MULTILINE)
+
+
+def log_records(path: Any) -> list[tuple[str, str]]:
+    """``(logger name, message)`` of every record of a ``log.txt`` in detectron2's file layout (``[time] name
+    LEVEL: message``), multi-line messages whole."""
+    text = Path(path).read_text()
+    heads = list(_LOG_HEAD.finditer(text))
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return [(h.group(1), text[h.end() : end].rstrip("\n")) for h, end in zip(heads, ends, strict=True)]
+
+
+def detectron2_result_lines(path: Any) -> list[str]:
+    """What a detectron2 run logs that a drop-in engine must log too: the model printout ("Model:" record) and the
+    evaluation results (``copypaste:`` lines and the "Evaluation results for ..." tables), in order."""
+    keep = ("Model:\n", "copypaste: ", "Evaluation results for ", "Per-category ")
+    return [message for _, message in log_records(path) if message.startswith(keep)]
