@@ -1,4 +1,5 @@
-"""Process-wide logger state in tests: putting it back, and reading what ``d2lightning.*`` logged."""
+"""Process-wide logger state in tests: putting it back, reading what ``d2lightning.*`` logged, and the records of a
+``log.txt``."""
 
 from __future__ import annotations
 
