@@ -105,7 +105,8 @@ def instantiate_at(root: Any, key: str) -> Any:
     (``model.backbone``) rather than a path relative to the node.
 
     Raises:
-        The errors of :func:`instantiate`.
+        LazyTargetError: a ``_target_`` cannot be imported.
+        ConfigTypeError: a ``_target_`` is not callable, or calling it raised ``TypeError``.
     """
     node = root
     for part in key.split("."):

@@ -15,7 +15,7 @@ Example::
 
     from d2lightning.config import LazyConfig, instantiate
 
-    cfg = LazyConfig.load("configs/shapes_detector.py")
+    cfg = LazyConfig.load(model_zoo.get_config_file("shapes_detector.py"))
     cfg = LazyConfig.apply_overrides(cfg, ["train.max_iter=100", "optimizer.lr=0.02"])
     model = instantiate(cfg.model)
 """

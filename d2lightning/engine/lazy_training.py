@@ -21,7 +21,7 @@ Example::
     from d2lightning.engine import default_argument_parser
     from d2lightning.engine.lazy_training import main
 
-    main(default_argument_parser().parse_args(["--config-file", "configs/shapes_detector.py"]))
+    main(default_argument_parser().parse_args(["--config-file", "shapes_detector.py"]))
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ TRAIN_KEYS = (
 
 
 def setup(args: Any) -> Any:
-    """Load ``args.config_file``, apply ``args.opts`` (``a.b=c``), run ``default_setup``; returns the config."""
+    """Load ``args.config_file`` (a file, or a built-in config name such as ``shapes_detector.py``), apply
+    ``args.opts`` (``a.b=c``), run ``default_setup``; returns the config."""
     from d2lightning.config import LazyConfig
     from d2lightning.engine.defaults import default_setup
+    from d2lightning.model_zoo import resolve_config_file
 
+    args.config_file = resolve_config_file(args.config_file)
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     _check_layout(cfg, args.config_file)
@@ -152,7 +155,7 @@ def _check_layout(cfg: Any, config_file: str) -> None:
         raise ConfigError(
             f"LazyConfig {config_file!r} lacks {', '.join(repr(k) for k in missing)}: a training config defines "
             "model, optimizer, lr_multiplier, dataloader.{train,test[,evaluator]} and train.* (see "
-            "configs/shapes_detector.py)",
+            "the built-in shapes_detector.py)",
             key=missing[0],
         )
     if not isinstance(cfg.train.ddp, Mapping) or not isinstance(cfg.train.checkpointer, Mapping):

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from d2lightning.config import LazyCall, LazyConfig, instantiate
-from tests.helpers import REPO
 from tests.helpers.detectron2_runs import DETECTRON2_MARKS
 
 pytestmark = DETECTRON2_MARKS
@@ -146,7 +145,9 @@ def test_our_lazyconfig_files_load_with_detectron2(tmp_path: Path) -> None:
     from detectron2.config import LazyConfig as D2LazyConfig
     from detectron2.config import instantiate as d2_instantiate
 
-    demo = str(REPO / "configs" / "shapes_detector.py")
+    from d2lightning.model_zoo import get_config_file
+
+    demo = get_config_file("shapes_detector.py")
     cfg = D2LazyConfig.load(demo)
     assert type(d2_instantiate(cfg.model)).__name__ == "ShapesDetector"
     assert cfg.train.max_iter == 600

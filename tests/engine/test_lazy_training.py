@@ -16,7 +16,7 @@ from tests.helpers.detectron2_runs import metrics_lines
 from tests.helpers.logs import restored_loggers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LAZY_DEMO = str(REPO / "configs" / "shapes_detector.py")
+LAZY_DEMO = "shapes_detector.py"  # the built-in LazyConfig, by name
 YAML_DEMO = str(DEMO_CONFIG)
 
 

@@ -1,9 +1,9 @@
 # The built-in demo as a Python "LazyConfig" (detectron2's newer config format): the same model, data, solver
-# and schedule as configs/shapes_detector.yaml, trained by detectron2's lazyconfig_train_net.py recipe
+# and schedule as shapes_detector.yaml beside it, trained by detectron2's lazyconfig_train_net.py recipe
 # (IterationTimer, LRScheduler, PeriodicCheckpointer, EvalHook, PeriodicWriter; no PreciseBN):
 #
-#     d2lightning train --config-file configs/shapes_detector.py
-#     d2lightning train --config-file configs/shapes_detector.py train.max_iter=100 optimizer.lr=0.02
+#     d2lightning train --config-file shapes_detector.py
+#     d2lightning train --config-file shapes_detector.py train.max_iter=100 optimizer.lr=0.02
 #
 # Every value is an ordinary Python object: edit it, import it from another config file
 # (`from .shapes_detector import model`), or override it on the command line as a.b=c.
