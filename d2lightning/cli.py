@@ -1,7 +1,8 @@
 """The ``d2lightning`` command (also ``python -m d2lightning``): ``train``, ``eval``, ``predict``, ``plot``,
 ``slurm submit``.
 
-``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning: the same options
+``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning (and, for a Python config file,
+``tools/lazyconfig_train_net.py``: see :mod:`d2lightning.engine.lazy_training`): the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
 evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes or machines. User errors (a bad
 config, an unknown dataset, an unreadable image...) end with one clear message and exit code 1, not a traceback
@@ -56,9 +57,13 @@ def setup(args: argparse.Namespace) -> Any:
     apply_overrides(cfg, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    _quiet_console()
+    return cfg
+
+
+def _quiet_console() -> None:
     if not os.environ.get("D2L_DEBUG"):
         _console_without_tracebacks()
-    return cfg
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -95,6 +100,15 @@ def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
     from d2lightning.evaluation import verify_results
     from d2lightning.utils import comm
 
+    if str(args.config_file).endswith(".py"):  # a LazyConfig: detectron2's tools/lazyconfig_train_net.py
+        from d2lightning.engine import lazy_training
+
+        lazy_cfg = lazy_training.setup(args)
+        _quiet_console()
+        results = lazy_training.run(args, lazy_cfg)
+        if comm.is_main_process() and results:
+            _print_final_table(results)
+        return results
     cfg = setup(args)
     trainer_cls = _trainer_class()
     if args.eval_only:

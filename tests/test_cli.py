@@ -152,7 +152,7 @@ def test_config_file_missing_not_given_or_unreadable(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
     not_found = (
         f"Config file '{missing}' does not exist and is not a built-in config either; "
-        "built-in configs: Base-D2Lightning.yaml, shapes_detector.yaml"
+        "built-in configs: Base-D2Lightning.yaml, shapes_detector.py, shapes_detector.yaml"
     )
     assert _error_of(capsys, ["train", "--config-file", str(missing)]) == not_found
     assert _error_of(capsys, ["train", "--config-file", str(tmp_path)]) == f"Config file '{tmp_path}' is not a file."

@@ -87,17 +87,22 @@ def closest_key(key: str, candidates: Iterable[str]) -> str | None:
     return by_upper[matches[0]] if matches else None
 
 
-def unknown_key_error(key: str, candidates: Iterable[str], origin: str | None) -> UnknownKeyError:
-    """Build the :class:`UnknownKeyError` for ``key``, suggesting the closest of ``candidates``."""
+_NOT_IN_DEFAULTS = (
+    " It is not defined by the defaults (get_cfg()); a model declares its own keys with "
+    "d2lightning.config.extend_defaults()."
+)
+
+
+def unknown_key_error(
+    key: str, candidates: Iterable[str], origin: str | None, otherwise: str = _NOT_IN_DEFAULTS
+) -> UnknownKeyError:
+    """Build the :class:`UnknownKeyError` for ``key``, suggesting the closest of ``candidates``.
+
+    ``otherwise`` ends the message when no candidate is close.
+    """
     suggestion = closest_key(key, candidates)
     message = f"Unknown config key {key!r}{in_origin(origin)}."
-    if suggestion is not None:
-        message += f" Did you mean {suggestion!r}?"
-    else:
-        message += (
-            " It is not defined by the defaults (get_cfg()); a model declares its own keys with "
-            "d2lightning.config.extend_defaults()."
-        )
+    message += f" Did you mean {suggestion!r}?" if suggestion is not None else otherwise
     return UnknownKeyError(message, key=key, origin=origin, suggestion=suggestion)
 
 

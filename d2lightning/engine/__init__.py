@@ -6,6 +6,19 @@ from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.default_trainer import DefaultTrainer
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
 from d2lightning.engine.hook_base import HookBase, HookCallback
+from d2lightning.engine.hooks import (  # detectron2.engine re-exports its hooks too
+    AutogradProfiler,
+    BestCheckpointer,
+    CallbackHook,
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+    PreciseBN,
+    TorchMemoryStats,
+    TorchProfiler,
+)
 from d2lightning.engine.launch import DEFAULT_TIMEOUT, launch
 from d2lightning.engine.module import D2LightningModule
 from d2lightning.engine.predictor import DefaultPredictor
@@ -15,12 +28,23 @@ from d2lightning.engine.trainer_base import TrainerBase
 __all__ = [
     "DEFAULT_TIMEOUT",
     "AMPTrainer",
+    "AutogradProfiler",
+    "BestCheckpointer",
+    "CallbackHook",
     "D2LightningModule",
     "DefaultPredictor",
     "DefaultTrainer",
+    "EvalHook",
     "HookBase",
     "HookCallback",
+    "IterationTimer",
+    "LRScheduler",
+    "PeriodicCheckpointer",
+    "PeriodicWriter",
+    "PreciseBN",
     "SimpleTrainer",
+    "TorchMemoryStats",
+    "TorchProfiler",
     "TrainerBase",
     "create_ddp_model",
     "default_argument_parser",

@@ -12,18 +12,18 @@ from d2lightning.utils import comm
 __all__ = ["create_ddp_model"]
 
 
-def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **ddp_kwargs: Any) -> torch.nn.Module:
+def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any) -> torch.nn.Module:
     """Wrap ``model`` in ``DistributedDataParallel`` if there is more than one process (detectron2's).
 
     At world size 1 the model is returned unchanged. Otherwise it becomes
-    ``DistributedDataParallel(model, **ddp_kwargs)``, with ``device_ids=[comm.get_local_rank()]`` when the
+    ``DistributedDataParallel(model, **kwargs)``, with ``device_ids=[comm.get_local_rank()]`` when the
     model's parameters are on CUDA and ``device_ids`` was not given (detectron2 always adds it; a CPU model
     must have none). Must be called on every rank (DDP broadcasts rank 0's parameters and buffers).
 
     Args:
         model: the module to wrap.
         fp16_compression: register ``torch``'s ``fp16_compress_hook``: gradients are all-reduced in float16.
-        **ddp_kwargs: other ``DistributedDataParallel`` arguments (``broadcast_buffers``,
+        **kwargs: other ``DistributedDataParallel`` arguments (``broadcast_buffers``,
             ``find_unused_parameters``...).
 
     Returns:
@@ -40,9 +40,9 @@ def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, 
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if comm.get_world_size() == 1:
         return model
-    if "device_ids" not in ddp_kwargs and any(p.is_cuda for p in model.parameters()):
-        ddp_kwargs["device_ids"] = [comm.get_local_rank()]
-    ddp = DistributedDataParallel(model, **ddp_kwargs)
+    if "device_ids" not in kwargs and any(p.is_cuda for p in model.parameters()):
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
 

@@ -2,8 +2,9 @@
 
 detectron2 keeps its model-zoo configs in ``detectron2/model_zoo/configs`` and hands out their paths with
 ``get_config_file("COCO-Detection/...yaml")``; d2lightning does the same for its built-in configs (the demo
-``shapes_detector.yaml`` and its base ``Base-D2Lightning.yaml``). Every ``.yaml`` and ``.py`` file placed in
-``d2lightning/model_zoo/configs/`` is a built-in config: it ships in the wheel and is found here, with no list
+``shapes_detector.yaml``, its base ``Base-D2Lightning.yaml``, and the demo as a LazyConfig,
+``shapes_detector.py``). Every ``.yaml`` and ``.py`` file placed in ``d2lightning/model_zoo/configs/`` is a
+built-in config: it ships in the wheel and is found here, with no list
 to update. A config is named by its path relative to that folder, with or without its extension
 (``"shapes_detector"`` or ``"shapes_detector.yaml"``); where a YAML and a Python config share a name, the bare
 name means the YAML one.
@@ -32,7 +33,7 @@ def builtin_config_names() -> list[str]:
     Example::
 
         >>> builtin_config_names()
-        ['Base-D2Lightning.yaml', 'shapes_detector.yaml']
+        ['Base-D2Lightning.yaml', 'shapes_detector.py', 'shapes_detector.yaml']
     """
     return sorted(
         path.relative_to(CONFIG_DIR).as_posix()

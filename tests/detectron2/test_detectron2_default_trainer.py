@@ -25,6 +25,7 @@ from tests.helpers.detectron2_runs import (
     RCNN_ZOO_CONFIG,
     TRAIN_NET_MISSING,
     metrics_lines,
+    needs_detectron2_tool,
     rcnn_cfg,
     rcnn_train_opts,
     requires_detectron2,
@@ -32,7 +33,7 @@ from tests.helpers.detectron2_runs import (
     synthetic_datasets,
     train_net_path,
 )
-from tests.helpers.logs import restored_loggers
+from tests.helpers.logs import detectron2_result_lines, restored_loggers
 
 TRAIN, VAL = "d2l_synth_train", "d2l_synth_val"
 #: what one run writes into OUTPUT_DIR (default_setup adds config.yaml and log.txt)
@@ -41,7 +42,7 @@ RUN_FILES = [
     "model_0000001.pth", "model_0000003.pth", "model_final.pth",
 ]  # fmt: skip
 AP_KEYS = ["bbox/AP", "bbox/AP-bar", "bbox/AP-square", "bbox/AP50", "bbox/AP75", "bbox/APl", "bbox/APm", "bbox/APs"]
-needs_train_net = pytest.mark.skipif(train_net_path() is None, reason=TRAIN_NET_MISSING)
+needs_train_net = needs_detectron2_tool("train_net.py")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def detectron2_run(datasets: None, tmp_path_factory: pytest.TempPathFactory) -> 
     if train_net_path() is None:
         pytest.skip(TRAIN_NET_MISSING)
     output_dir = tmp_path_factory.mktemp("detectron2_run")
-    run_train_net(_argv(output_dir), d2lightning_engine=False)
+    with restored_loggers():  # later runs must not log into this run's log.txt
+        run_train_net(_argv(output_dir), d2lightning_engine=False)
     return output_dir
 
 
@@ -92,9 +94,14 @@ def test_detectron2_reference_run_is_sane(detectron2_run: Path) -> None:
 @pytest.mark.slow
 def test_train_net_runs_on_d2lightning_with_only_its_import_changed(detectron2_run: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "run"
-    run_train_net(_argv(output_dir), d2lightning_engine=True)
+    with restored_loggers():  # the --eval-only run below must not log into this run's log.txt
+        run_train_net(_argv(output_dir), d2lightning_engine=True)
     assert _files(output_dir) == _files(detectron2_run)
     assert metrics_lines(output_dir / "metrics.json") == metrics_lines(detectron2_run / "metrics.json")
+    # what detectron2's modules log reaches log.txt: the model printout, the evaluation tables and copypaste lines
+    expected = detectron2_result_lines(detectron2_run / "log.txt")
+    assert expected[0].startswith("Model:\n") and any(line.startswith("copypaste: ") for line in expected)
+    assert detectron2_result_lines(output_dir / "log.txt") == expected
     config = (output_dir / "config.yaml").read_text().replace(str(output_dir), "<OUTPUT_DIR>")
     assert config == (detectron2_run / "config.yaml").read_text().replace(str(detectron2_run), "<OUTPUT_DIR>")
 

@@ -6,7 +6,7 @@
 - :mod:`tests.helpers.tiny_trainer`: a ``DefaultTrainer`` that trains in milliseconds (``tiny_trainer_cfg``).
 - :mod:`tests.helpers.detectron2_runs`: runs under a real detectron2 (skipped without it).
 - :mod:`tests.helpers.distributed`: passing results from worker processes back to the test.
-- :mod:`tests.helpers.logs`: putting process-wide logger configuration back.
+- :mod:`tests.helpers.logs`: putting process-wide logger configuration back; the records of a ``log.txt``.
 - :mod:`tests.helpers.slurm_cluster`: the local Slurm cluster of ``scripts/slurm/``.
 
 This module itself imports nothing heavy (no torch): job scripts in ``tests/jobs/`` import it.

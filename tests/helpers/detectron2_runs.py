@@ -148,11 +148,12 @@ RCNN_ZOO_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 SYNTH_CLASSES = ["square", "bar"]
 
 
-def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed: int = 0) -> None:
+def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed: int = 0, masks: bool = False) -> None:
     """Register ``name`` in detectron2's ``DatasetCatalog``/``MetadataCatalog`` (``evaluator_type="coco"``).
 
     Writes ``num_images`` 64x64 PNG files into ``root``: noise with a bright square (class 0) and a dark bar
-    (class 1), boxes in ``XYXY_ABS``. An existing registration of ``name`` is replaced.
+    (class 1), boxes in ``XYXY_ABS`` (with ``masks``, each object also has its box as a polygon
+    ``segmentation``, for Mask R-CNN). An existing registration of ``name`` is replaced.
     """
     import numpy as np
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -170,6 +171,10 @@ def register_synthetic_detection(name: str, root: Any, num_images: int = 4, seed
         Image.fromarray(image).save(path)
         boxes = [([x, y, x + 24, y + 24], 0), ([8 + 4 * i, 40, 44 + 4 * i, 56], 1)]
         annotations = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": 0} for b, c in boxes]
+        if masks:
+            for a in annotations:
+                x0, y0, x1, y1 = a["bbox"]
+                a["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
         dicts.append({"file_name": path, "image_id": i, "height": 64, "width": 64, "annotations": annotations})
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
@@ -214,12 +219,12 @@ def rcnn_cfg(output_dir: Any, train: str, test: str | None, max_iter: int = 4, p
 
 
 @contextlib.contextmanager
-def synthetic_datasets(root: Any, **datasets: tuple[int, int]) -> Iterator[None]:
+def synthetic_datasets(root: Any, masks: bool = False, **datasets: tuple[int, int]) -> Iterator[None]:
     """Register ``name=(num_images, seed)`` datasets (:func:`register_synthetic_detection`); remove them on exit."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for name, (num_images, seed) in datasets.items():
-        register_synthetic_detection(name, root, num_images, seed)
+        register_synthetic_detection(name, root, num_images, seed, masks)
     try:
         yield
     finally:
@@ -228,24 +233,63 @@ def synthetic_datasets(root: Any, **datasets: tuple[int, int]) -> Iterator[None]
             MetadataCatalog.remove(name)
 
 
-TRAIN_NET_MISSING = (
-    "detectron2's tools/train_net.py not found: set DETECTRON2_SOURCE to a detectron2 source checkout "
-    "(or DETECTRON2_TRAIN_NET to the script itself)"
-)
+DETECTRON2_TOOLS_VARIABLES = "DETECTRON2_SOURCE (a detectron2 source checkout) or DETECTRON2_TRAIN_NET"
+"""What to set when detectron2's ``tools/`` scripts are not found (named in the skip reasons)."""
+
+TRAIN_NET_MISSING = f"detectron2's tools/train_net.py not found: set {DETECTRON2_TOOLS_VARIABLES}"
 """The skip reason of the tests that run detectron2's own ``tools/train_net.py``."""
 
 
-def train_net_path() -> Path | None:
-    """detectron2's ``tools/train_net.py``: ``$DETECTRON2_TRAIN_NET``, else ``$DETECTRON2_SOURCE/tools/``, else
-    next to the imported detectron2 when it is built in place (``pip install -e``); None when none exists."""
-    candidates = [os.environ.get("DETECTRON2_TRAIN_NET", "")]
+def detectron2_tool(name: str) -> Path | None:
+    """detectron2's ``tools/<name>``: next to ``$DETECTRON2_TRAIN_NET``, in ``$DETECTRON2_SOURCE/tools/``, else next
+    to the imported detectron2 when it is built in place (``pip install -e``); None when none exists."""
+    folders = []
+    if os.environ.get("DETECTRON2_TRAIN_NET"):
+        folders.append(Path(os.environ["DETECTRON2_TRAIN_NET"]).parent)
     if os.environ.get("DETECTRON2_SOURCE"):
-        candidates.append(str(Path(os.environ["DETECTRON2_SOURCE"]) / "tools" / "train_net.py"))
+        folders.append(Path(os.environ["DETECTRON2_SOURCE"]) / "tools")
     if detectron2_available():
         import detectron2
 
-        candidates.append(str(Path(detectron2.__file__).resolve().parents[1] / "tools" / "train_net.py"))
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+        folders.append(Path(detectron2.__file__).resolve().parents[1] / "tools")
+    return next((f / name for f in folders if (f / name).is_file()), None)
+
+
+def needs_detectron2_tool(name: str) -> pytest.MarkDecorator:
+    """Skip a test, naming the variables to set, when detectron2's ``tools/<name>`` is not available."""
+    return pytest.mark.skipif(
+        detectron2_tool(name) is None, reason=f"detectron2's tools/{name} not found: set {DETECTRON2_TOOLS_VARIABLES}"
+    )
+
+
+def train_net_path() -> Path | None:
+    """detectron2's ``tools/train_net.py`` (see :func:`detectron2_tool`)."""
+    return detectron2_tool("train_net.py")
+
+
+def run_detectron2_tool(name: str, argv: list[str], imports: dict[str, str] | None = None) -> Any:
+    """Execute detectron2's ``tools/<name>`` as ``__main__`` with ``sys.argv = [name, *argv]``.
+
+    ``imports`` maps import lines to their replacement (in memory: the script on disk is untouched), e.g.
+    ``{"from detectron2.engine import": "from d2lightning.engine import"}`` — the only change a user makes; each
+    must occur exactly once. Returns the script's global namespace.
+    """
+    path = detectron2_tool(name)
+    if path is None:
+        raise FileNotFoundError(f"detectron2's tools/{name} not found: set {DETECTRON2_TOOLS_VARIABLES}")
+    source = path.read_text()
+    for old, new in (imports or {}).items():
+        if source.count(old) != 1:
+            raise ValueError(f"{path} does not contain {old!r} exactly once")
+        source = source.replace(old, new)
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    try:
+        exec(compile(source, str(path), "exec"), namespace)
+    finally:
+        sys.argv = saved
+    return namespace
 
 
 def run_train_net(argv: list[str], d2lightning_engine: bool) -> None:
@@ -254,20 +298,8 @@ def run_train_net(argv: list[str], d2lightning_engine: bool) -> None:
     With ``d2lightning_engine``, its ``from detectron2.engine import`` line becomes ``from d2lightning.engine
     import`` (in memory), the only change a user makes.
     """
-    path = train_net_path()
-    if path is None:
-        raise FileNotFoundError(TRAIN_NET_MISSING)
-    source = path.read_text()
-    if d2lightning_engine:
-        if source.count("from detectron2.engine import") != 1:
-            raise ValueError(f"{path} does not import detectron2.engine exactly once")
-        source = source.replace("from detectron2.engine import", "from d2lightning.engine import")
-    saved = sys.argv
-    sys.argv = ["train_net.py", *argv]
-    try:
-        exec(compile(source, str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
-    finally:
-        sys.argv = saved
+    engine = {"from detectron2.engine import": "from d2lightning.engine import"}
+    run_detectron2_tool("train_net.py", argv, engine if d2lightning_engine else None)
 
 
 TIMING_KEYS = frozenset({"time", "data_time", "rank_data_time", "eta_seconds"})

@@ -1,11 +1,15 @@
-"""Process-wide logger state in tests: putting it back, and reading what ``d2lightning.*`` logged."""
+"""Process-wide logger state in tests: putting it back, reading what ``d2lightning.*`` logged, and the records of a
+``log.txt``."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 CONFIGURED_LOGGERS = ("d2lightning", "lightning.pytorch", "detectron2", "fvcore")
 """The loggers ``default_setup``/``setup_logger`` (both libraries'), ``DefaultTrainer`` and the CLI configure."""
@@ -46,3 +50,22 @@ class LogRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+_LOG_HEAD = re.compile(r"^\[\d\d/\d\d \d\d:\d\d:\d\d\] (\S+) (\w+): ", re.MULTILINE)
+
+
+def log_records(path: Any) -> list[tuple[str, str]]:
+    """``(logger name, message)`` of every record of a ``log.txt`` in detectron2's file layout (``[time] name
+    LEVEL: message``), multi-line messages whole."""
+    text = Path(path).read_text()
+    heads = list(_LOG_HEAD.finditer(text))
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return [(h.group(1), text[h.end() : end].rstrip("\n")) for h, end in zip(heads, ends, strict=True)]
+
+
+def detectron2_result_lines(path: Any) -> list[str]:
+    """What a detectron2 run logs that a drop-in engine must log too: the model printout ("Model:" record) and the
+    evaluation results (``copypaste:`` lines and the "Evaluation results for ..." tables), in order."""
+    keep = ("Model:\n", "copypaste: ", "Evaluation results for ", "Per-category ")
+    return [message for _, message in log_records(path) if message.startswith(keep)]

@@ -9,12 +9,14 @@ pred_boxes, scores, pred_classes)}]`` rescaled to each input's ``height``/``widt
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2lightning.config.configurable import configurable
 from d2lightning.config.defaults import SHAPES_DETECTOR_KEYS
 from d2lightning.data._cfg import cfg_get
 from d2lightning.modeling import centernet
@@ -48,9 +50,11 @@ def _head(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
 class ShapesDetector(nn.Module):
     """A CenterNet/TTFNet-style detector: :class:`ShapesBackbone`, heatmap and box-distance heads at stride 4.
 
-    Config (``cfg``): ``MODEL.PIXEL_MEAN`` / ``MODEL.PIXEL_STD`` (3 values each, in ``INPUT.FORMAT`` channel
-    order), ``INPUT.FORMAT`` ("BGR"/"RGB", recorded as ``input_format``), and the keys of
-    :data:`SHAPES_DETECTOR_DEFAULTS`. Missing keys take those defaults (detectron2's for the first two).
+    ``@configurable``: built from a config, ``ShapesDetector(cfg)`` (``MODEL.PIXEL_MEAN`` / ``MODEL.PIXEL_STD``, 3
+    values each in ``INPUT.FORMAT`` channel order, ``INPUT.FORMAT`` "BGR"/"RGB", and the keys of
+    :data:`SHAPES_DETECTOR_DEFAULTS`; missing keys take those defaults, detectron2's for the first two), or from
+    explicit arguments, ``ShapesDetector(num_classes=3, backbone_widths=[16, 32], head_width=32)`` (what a
+    LazyConfig's ``LazyCall(ShapesDetector)(...)`` does; the lower-case names of the same keys).
 
     Raises:
         ValueError: for pixel statistics that are not 3 values, a zero std, or an unknown format.
@@ -59,28 +63,51 @@ class ShapesDetector(nn.Module):
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
-    def __init__(self, cfg: Any) -> None:
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone_widths: Sequence[int],
+        head_width: int,
+        pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
+        pixel_std: Sequence[float] = (1.0, 1.0, 1.0),
+        input_format: str = "BGR",
+        gaussian_alpha: float = 0.54,
+        heatmap_loss_weight: float = 1.0,
+        box_loss_weight: float = 5.0,
+        score_thresh_test: float = 0.05,
+        detections_per_image: int = 100,
+    ) -> None:
         super().__init__()
-        mean = [float(v) for v in cfg_get(cfg, "MODEL.PIXEL_MEAN", [103.530, 116.280, 123.675])]
-        std = [float(v) for v in cfg_get(cfg, "MODEL.PIXEL_STD", [1.0, 1.0, 1.0])]
+        mean, std = [float(v) for v in pixel_mean], [float(v) for v in pixel_std]
         if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0:
             raise ValueError(f"MODEL.PIXEL_MEAN={mean} and MODEL.PIXEL_STD={std} must be 3 values, std non-zero")
-        self.input_format = cfg_get(cfg, "INPUT.FORMAT", "BGR")
-        if self.input_format not in ("BGR", "RGB"):
-            raise ValueError(f"INPUT.FORMAT={self.input_format!r} must be 'BGR' or 'RGB'")
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT={input_format!r} must be 'BGR' or 'RGB'")
+        self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
-        self.num_classes = int(_opt(cfg, "NUM_CLASSES"))
-        head_width = int(_opt(cfg, "HEAD_WIDTH"))
-        self.backbone = ShapesBackbone(_opt(cfg, "BACKBONE_WIDTHS"), head_width)
-        self.heatmap_head = _head(head_width, head_width, self.num_classes)
-        self.box_head = _head(head_width, head_width, 4)
+        self.num_classes = int(num_classes)
+        self.backbone = ShapesBackbone(list(backbone_widths), int(head_width))
+        self.heatmap_head = _head(int(head_width), int(head_width), self.num_classes)
+        self.box_head = _head(int(head_width), int(head_width), 4)
         self.heatmap_head[-1].bias.data.fill_(_PRIOR_BIAS)  # type: ignore[operator]
-        self.alpha = float(_opt(cfg, "GAUSSIAN_ALPHA"))
-        self.heatmap_weight = float(_opt(cfg, "HEATMAP_LOSS_WEIGHT"))
-        self.box_weight = float(_opt(cfg, "BOX_LOSS_WEIGHT"))
-        self.score_thresh = float(_opt(cfg, "SCORE_THRESH_TEST"))
-        self.topk = int(_opt(cfg, "DETECTIONS_PER_IMAGE"))
+        self.alpha = float(gaussian_alpha)
+        self.heatmap_weight = float(heatmap_loss_weight)
+        self.box_weight = float(box_loss_weight)
+        self.score_thresh = float(score_thresh_test)
+        self.topk = int(detections_per_image)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> dict[str, Any]:
+        """The constructor's arguments from a config (missing keys take their defaults)."""
+        return {
+            "pixel_mean": cfg_get(cfg, "MODEL.PIXEL_MEAN", [103.530, 116.280, 123.675]),
+            "pixel_std": cfg_get(cfg, "MODEL.PIXEL_STD", [1.0, 1.0, 1.0]),
+            "input_format": cfg_get(cfg, "INPUT.FORMAT", "BGR"),
+            **{name.lower(): _opt(cfg, name) for name in SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"]},
+        }
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,165 @@
+"""Training and evaluation from a LazyConfig: detectron2's ``tools/lazyconfig_train_net.py`` on d2lightning.
+
+What ``d2lightning train --config-file cfg.py`` runs (``cli.py`` only dispatches here on the file type). It lives
+in the engine, beside ``DefaultTrainer``, because it is the LazyConfig counterpart of that composition layer: it
+builds a run from the engine's public parts and is reusable from Python without the command line.
+
+The config has detectron2's layout (``configs/common/train.py``):
+
+- ``model``, ``optimizer`` (its ``params.model`` is set to the built model), ``lr_multiplier`` (a param
+  scheduler), ``dataloader.train`` / ``dataloader.test`` / ``dataloader.evaluator`` — built with ``instantiate``;
+- ``train``: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled`` (``AMPTrainer`` instead of
+  ``SimpleTrainer``), ``ddp`` (``create_ddp_model`` arguments), ``checkpointer`` (``PeriodicCheckpointer``
+  arguments: ``period``, ``max_to_keep``), ``eval_period``, ``log_period``, ``device``, ``seed``.
+
+The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (main
+process), ``EvalHook``, ``PeriodicWriter`` (main process). ``--resume`` continues from the last checkpoint in
+``train.output_dir``; ``--eval-only`` evaluates ``train.init_checkpoint`` (with ``--resume``, the last checkpoint).
+
+Example::
+
+    from d2lightning.engine import default_argument_parser
+    from d2lightning.engine.lazy_training import main
+
+    main(default_argument_parser().parse_args(["--config-file", "shapes_detector.py"]))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["do_test", "do_train", "main", "setup"]
+
+logger = logging.getLogger(__name__)
+
+#: ``train.*`` keys read by :func:`do_train`; a missing one is reported before anything is built.
+TRAIN_KEYS = (
+    "output_dir", "init_checkpoint", "max_iter", "amp.enabled", "ddp", "checkpointer", "eval_period",
+    "log_period", "device",
+)  # fmt: skip
+
+
+def setup(args: Any) -> Any:
+    """Load ``args.config_file`` (a file, or a built-in config name such as ``shapes_detector.py``), apply
+    ``args.opts`` (``a.b=c``), run ``default_setup``; returns the config."""
+    from d2lightning.config import LazyConfig
+    from d2lightning.engine.defaults import default_setup
+    from d2lightning.model_zoo import resolve_config_file
+
+    args.config_file = resolve_config_file(args.config_file)
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    _check_layout(cfg, args.config_file)
+    default_setup(cfg, args)
+    return cfg
+
+
+def do_test(cfg: Any, model: Any) -> dict[str, Any] | None:
+    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator`` (when the config has one)
+    and print the results in detectron2's CSV format; returns them."""
+    from d2lightning.config.instantiate import instantiate_at
+    from d2lightning.evaluation import inference_on_dataset, print_csv_format
+
+    if "evaluator" not in cfg.dataloader:
+        return None
+    loader = instantiate_at(cfg, "dataloader.test")
+    results = inference_on_dataset(model, loader, instantiate_at(cfg, "dataloader.evaluator"))
+    print_csv_format(results)
+    return results
+
+
+def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
+    """Train as ``lazyconfig_train_net.do_train`` does; returns the results of the last evaluation, if any."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.config.instantiate import instantiate_at
+    from d2lightning.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+    from d2lightning.utils import comm
+
+    model = instantiate_at(cfg, "model")
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate_at(cfg, "optimizer")
+    train_loader = instantiate_at(cfg, "dataloader.train")
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    last: list[dict[str, Any] | None] = [None]
+
+    def evaluate() -> dict[str, Any] | None:
+        last[0] = do_test(cfg, model)
+        return last[0]
+
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if main_process
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # the checkpoint holds the iteration that had just finished: continue with the next one
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last[0]
+
+
+def evaluate_checkpoint(args: Any, cfg: Any) -> dict[str, Any] | None:
+    """``--eval-only``: load ``train.init_checkpoint`` (with ``--resume``: the last checkpoint of
+    ``train.output_dir``, else ``init_checkpoint``) into a new model and evaluate it."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.config.instantiate import instantiate_at
+    from d2lightning.engine import create_ddp_model
+
+    model = instantiate_at(cfg, "model")
+    model.to(cfg.train.device)
+    model = create_ddp_model(model)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
+    if args.resume:
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+    else:
+        checkpointer.load(cfg.train.init_checkpoint)
+    results = do_test(cfg, model)
+    print(results)
+    return results
+
+
+def main(args: Any) -> dict[str, Any] | None:
+    """One process of a LazyConfig run (``lazyconfig_train_net.main``); returns the last evaluation results."""
+    cfg = setup(args)
+    return run(args, cfg)
+
+
+def run(args: Any, cfg: Any) -> dict[str, Any] | None:
+    """Evaluate (``args.eval_only``) or train the set-up config ``cfg``."""
+    return evaluate_checkpoint(args, cfg) if args.eval_only else do_train(args, cfg)
+
+
+def _check_layout(cfg: Any, config_file: str) -> None:
+    """A clear error naming what a config misses for training, instead of an omegaconf traceback later."""
+    from omegaconf import OmegaConf
+
+    from d2lightning.config import ConfigError
+
+    sections = ["model", "optimizer", "lr_multiplier", "dataloader.train", "dataloader.test"]
+    wanted = [*sections, *(f"train.{k}" for k in TRAIN_KEYS)]
+    missing = [k for k in wanted if OmegaConf.select(cfg, k, default=_MISSING) is _MISSING]
+    if missing:
+        raise ConfigError(
+            f"LazyConfig {config_file!r} lacks {', '.join(repr(k) for k in missing)}: a training config defines "
+            "model, optimizer, lr_multiplier, dataloader.{train,test[,evaluator]} and train.* (see "
+            "the built-in shapes_detector.py)",
+            key=missing[0],
+        )
+    if not isinstance(cfg.train.ddp, Mapping) or not isinstance(cfg.train.checkpointer, Mapping):
+        raise ConfigError(f"LazyConfig {config_file!r}: train.ddp and train.checkpointer must be mappings")
+
+
+_MISSING = object()
