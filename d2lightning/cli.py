@@ -247,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
+    except SystemExit as e:
+        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM, with a checkpoint
+        if not stopped or not isinstance(e.code, int):
+            raise
+        print(f"d2lightning {args.command}: {stopped}", file=sys.stderr)
+        return e.code
     except Exception as e:
         message = user_error_message(e)
         if message is None:

@@ -179,7 +179,7 @@ def spawn_workers(
             daemon=False,
             start_method="spawn",
         )
-        with _sigterm_forwarded_to(ctx.processes) as forwarded:
+        with _sigterm_forwarded_to(ctx.processes) as forwarded, _quiet_termination_notices():
             try:
                 while not ctx.join():
                     pass
@@ -226,6 +226,27 @@ def _sigterm_forwarded_to(processes: Sequence[Any]) -> Iterator[list[int]]:
         yield forwarded
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _quiet_termination_notices() -> Iterator[None]:
+    """Hide torch's "Terminating process ... via signal SIGTERM" notices: the failure itself is what is reported."""
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    notice = _DropMessages("Terminating process")
+    spawn_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        spawn_logger.removeFilter(notice)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def _raise_stopped(error_dir: str) -> None:

@@ -119,7 +119,8 @@ class StopOnSignal(HookBase):
     def announce(self) -> str:
         """The log line once the handlers are in place."""
         names = " or ".join(signal.Signals(s).name for s in self.signals)
-        return f"On {names}, training stops within {self.check_period} iterations with a checkpoint"
+        when = "after the current iteration" if self.check_period == 1 else f"within {self.check_period} iterations"
+        return f"On {names}, training stops {when} with a checkpoint"
 
     @property
     def received(self) -> set[int]:
