@@ -253,6 +253,7 @@ def test_unreadable_last_checkpoint_falls_back_to_the_newest_file(
     assert checkpointer.get_checkpoint_file() == ""
     with caplog.at_level(logging.WARNING):
         assert checkpointer.resume_or_load("", resume=True) == {"iteration": 11}
+    assert resumed.iter == 11
     pointer = out / "last_checkpoint"
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         f"Cannot use {pointer}: {problem}",
