@@ -109,7 +109,7 @@ NOT_TORCH = "it is not a PyTorch file (neither a zip archive nor torch's legacy 
 DAMAGE: list[tuple[Callable[[Path], None], str]] = [
     (
         flip_bytes,
-        "its content does not match the SHA-256 checksum saved with it (the file changed after it was written: "
+        "its content does not match the CRC-32 checksum saved with it (the file changed after it was written: "
         "damaged on disk or in transfer)",
     ),
     (random_bytes, NOT_TORCH),
@@ -127,13 +127,13 @@ IDS = [damage.__name__ for damage, _ in DAMAGE]
 # ---- the checksum ------------------------------------------------------------------------------------------------
 
 
-def test_saved_files_carry_their_sha256_and_still_load_everywhere(tmp_path: Path) -> None:
+def test_saved_files_carry_their_crc32_and_still_load_everywhere(tmp_path: Path) -> None:
     state = {"model": {"w": torch.arange(10.0)}, "iteration": 3}
     atomic_save(state, tmp_path / "sealed.pth")
     atomic_save(state, tmp_path / "plain.pth", checksum=False)
     sealed, plain = (tmp_path / "sealed.pth").read_bytes(), (tmp_path / "plain.pth").read_bytes()
     comment = zipfile.ZipFile(tmp_path / "sealed.pth").comment
-    assert comment.startswith(b"d2lightning-sha256:") and len(comment) == 19 + 64
+    assert comment.startswith(b"d2lightning-crc32:") and len(comment) == 18 + 8
     assert sealed[: len(plain) - 2] == plain[:-2]  # torch's bytes, only the comment length changed
     assert len(sealed) == len(plain) + len(comment)
     loaded = torch.load(tmp_path / "sealed.pth", weights_only=True)  # what detectron2 and Lightning call
@@ -144,7 +144,7 @@ def test_saved_files_carry_their_sha256_and_still_load_everywhere(tmp_path: Path
 
 
 def test_sealing_writer_hashes_writes_of_any_size(tmp_path: Path) -> None:
-    """torch writes records of every size; the digest must not depend on how the bytes were split."""
+    """torch writes records of every size; the checksum must not depend on how the bytes were split."""
     buffer = io.BytesIO()
     torch.save({"a": torch.zeros(3)}, buffer)
     archive = buffer.getvalue()
@@ -183,7 +183,7 @@ def test_flipped_bytes_that_torch_loads_silently_are_caught(tmp_path: Path) -> N
     loaded = torch.load(path, weights_only=True)  # torch alone reads the damaged weights without a word
     assert not torch.equal(loaded["model"]["w"], torch.arange(1000.0))
     _, checkpointer = _trainer(tmp_path / "other")
-    with pytest.raises(CorruptCheckpointError, match="does not match the SHA-256 checksum"):
+    with pytest.raises(CorruptCheckpointError, match="does not match the CRC-32 checksum"):
         checkpointer.load(str(path))
 
 
@@ -277,7 +277,7 @@ def test_nothing_readable_is_one_line_listing_every_file(trained: Path, tmp_path
     assert "\n" not in message
     assert message == (
         f"No checkpoint in '{out}' can be read: last_checkpoint (it is not text (damaged)); model_final.pth (its "
-        "content does not match the SHA-256 checksum saved with it (the file changed after it was written: damaged "
+        "content does not match the CRC-32 checksum saved with it (the file changed after it was written: damaged "
         "on disk or in transfer)); model_0000009.pth (the zip archive is incomplete (File is not a zip file): the "
         "write was cut short or the file damaged); model_0000004.pth (the file is empty (0 bytes)). Delete or "
         "replace the damaged files, or train into another OUTPUT_DIR"

@@ -99,7 +99,7 @@ def _garbage_last_checkpoint(out: Path) -> None:
     ("damage", "reason"),
     [
         (lambda out: random_bytes(out / "model_final.pth"), "it is not a PyTorch file"),
-        (lambda out: flip_bytes(out / "model_final.pth"), "does not match the SHA-256 checksum saved with it"),
+        (lambda out: flip_bytes(out / "model_final.pth"), "does not match the CRC-32 checksum saved with it"),
         (lambda out: plain_text(out / "model_final.pth"), "neither a zip archive nor torch's legacy format"),
         (_garbage_last_checkpoint, None),
     ],

@@ -4,7 +4,7 @@ Every file is written to a hidden temporary file in the destination directory, f
 renamed over the destination with ``os.replace`` (atomic on POSIX and Windows), and the directory is fsynced
 so the rename itself survives a power loss. A process killed at any moment therefore leaves either the old
 file or the complete new one, never a truncated file under the final name. :func:`atomic_save` also seals the
-file with its SHA-256 (:mod:`.integrity`).
+file with its CRC-32 (:mod:`.integrity`).
 
 A killed writer can leave its temporary file (``.<name>.<random>.tmp``) behind; nothing reads those, and
 :func:`remove_stale_temp_files` deletes them. A writer holds an exclusive ``flock`` on its temporary file
@@ -81,7 +81,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], *, checksum: bool = True
     Args:
         obj: what to save.
         path: the destination file.
-        checksum: seal the file with the SHA-256 of its content (:class:`.integrity.SealingWriter`), which
+        checksum: seal the file with the CRC-32 of its content (:class:`.integrity.SealingWriter`), which
             loading verifies; ``torch.load`` reads the file either way.
     """
 

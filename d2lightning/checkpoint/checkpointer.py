@@ -4,7 +4,7 @@ Same constructor, methods, file layout and log messages as fvcore's, which detec
 d2lightning adds:
 
 - every file (checkpoint and ``last_checkpoint``) is written atomically (:mod:`.atomic`), and each checkpoint
-  carries a SHA-256 of its content that every load verifies (:mod:`.integrity`);
+  carries a CRC-32 of its content that every load verifies (:mod:`.integrity`);
 - a checkpoint saved during a Lightning fit of the model also holds Lightning's full state, so the file is a
   valid ``Trainer.fit(ckpt_path=...)`` (:mod:`.lightning_state`);
 - a damaged file (empty, cut short, foreign bytes, a checksum mismatch) raises :class:`CorruptCheckpointError`
