@@ -204,7 +204,7 @@ class StopOnSignal(HookBase):
         last = os.path.basename(self._checkpointer.get_checkpoint_file())
         if not last or last == self._pending:
             return
-        logger.info(f"Deleting {self._pending}, the stop checkpoint superseded by {last}")
+        logger.info(f"Deleting {self._pending}, the preemption checkpoint superseded by {last}")
         _remove(os.path.join(save_dir, self._pending))
         if self._read_marker() == self._pending:
             _remove(os.path.join(save_dir, PREEMPTED_CHECKPOINT_FILE))
