@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from d2lightning._compat import DETECTRON2_MISSING_REASON, detectron2_available
 from d2lightning.checkpoint import CorruptCheckpointError, DetectionCheckpointer
 from d2lightning.checkpoint.atomic import atomic_save
 from d2lightning.checkpoint.integrity import SealingWriter, verify_checkpoint
@@ -283,3 +284,18 @@ def test_nothing_readable_is_one_line_listing_every_file(trained: Path, tmp_path
         "replace the damaged files, or train into another OUTPUT_DIR"
     )
     assert "weights_only" not in message.replace(str(tmp_path), "")
+
+
+@pytest.mark.requires_detectron2
+@pytest.mark.skipif(not detectron2_available(), reason=DETECTRON2_MISSING_REASON)
+def test_detectron2_loads_a_sealed_checkpoint(trained: Path, tmp_path: Path) -> None:
+    from detectron2.checkpoint import DetectionCheckpointer as Detectron2Checkpointer
+
+    out = _copy(trained, tmp_path)
+    assert zipfile.ZipFile(out / "model_final.pth").comment.startswith(b"d2lightning-crc32:")
+    model = SimpleModel()
+    extra = Detectron2Checkpointer(model, str(out)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 11
+    expected = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key

@@ -224,6 +224,8 @@ class DefaultTrainer(TrainerBase):
 
         Raises:
             RuntimeError: with ``TEST.EXPECTED_RESULTS`` on the main process, when no evaluation ran.
+            TrainingPreempted: (a ``SystemExit``, code 143) after SIGTERM, once the checkpoint is written; see
+                :class:`~d2lightning.engine.termination.SigtermCheckpoint`.
             SystemExit: (code 1) when the results do not match ``TEST.EXPECTED_RESULTS`` on the main process,
                 as detectron2's ``verify_results``; the mismatches are logged first.
         """
