@@ -1,4 +1,4 @@
-"""Test-suite wide fixtures."""
+"""Test-suite wide fixtures (helpers shared as plain functions and classes live in ``tests/helpers/``)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,38 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import torch
 
-from d2lightning.utils.logger import setup_logger
-
-_CONFIGURED_LOGGERS = ("d2lightning", "lightning.pytorch", "detectron2", "fvcore")
+from tests.helpers.logs import LogRecords, restored_loggers
 
 
 @pytest.fixture(autouse=True)
 def _restore_loggers() -> Iterator[None]:
     """``default_setup``, ``DefaultTrainer`` and the CLI configure loggers process-wide (DEBUG, no propagation,
     handlers); put every such logger back as it was after each test, so tests do not depend on their order."""
-    saved = {}
-    for name in _CONFIGURED_LOGGERS:
-        lg = logging.getLogger(name)
-        saved[name] = (lg.propagate, list(lg.handlers), lg.level)
+    with restored_loggers():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models run fastest on one thread; on a busy shared CPU, two threads spin against each other.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
-    setup_logger.cache_clear()
-    for name, (propagate, handlers, level) in saved.items():
-        lg = logging.getLogger(name)
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers = handlers
-        lg.propagate = propagate
-        lg.setLevel(level)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def d2_log() -> Iterator[LogRecords]:
+    """The messages logged to ``d2lightning.*`` during the test."""
+    handler = LogRecords()
+    lg = logging.getLogger("d2lightning")
+    lg.addHandler(handler)
+    if not lg.isEnabledFor(logging.INFO):
+        lg.setLevel(logging.DEBUG)
+    yield handler
+    lg.removeHandler(handler)

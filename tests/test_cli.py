@@ -12,17 +12,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from d2lightning import cli
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.evaluation import DatasetEvaluator
 from d2lightning.modeling import build_model
-from tests.defaults_helpers import (
+from tests.helpers import REPO
+from tests.helpers.demo import (
     DEMO_CONFIG,
     DEMO_VAL_SUBSET,
-    REPO,
     TINY_VAL,
     red_square_cfg,
     red_square_image,
@@ -30,13 +29,7 @@ from tests.defaults_helpers import (
     write_tiny_config,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,19 +22,14 @@ from d2lightning.config import apply_overrides, get_cfg
 from d2lightning.engine._workers import RendezvousTimeoutError, wait_for_master
 from d2lightning.engine.cluster import DistributedEnvironment
 from d2lightning.engine.startup_checks import check_device
-from tests.cli_subprocess import demo_args, error_line, run_cli
-from tests.defaults_helpers import write_tiny_config
-from tests.test_checkpoint_integrity import random_bytes
+from tests.helpers.checkpoint import random_bytes
+from tests.helpers.cli import demo_args, error_line, run_cli
+from tests.helpers.demo import write_tiny_config
 
 NOT_TORCH = "is truncated or corrupt: it is not a PyTorch file (neither a zip archive nor torch's legacy format)"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

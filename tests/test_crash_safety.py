@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from d2lightning.utils.run_lock import LOCK_FILE
-from tests.cli_subprocess import (
+from tests.helpers.checkpoint import flip_bytes, plain_text, random_bytes
+from tests.helpers.cli import (
     assert_same_tensors,
     error_line,
     run_cli,
@@ -27,7 +28,6 @@ from tests.cli_subprocess import (
     wait_for_file,
     weights,
 )
-from tests.test_checkpoint_integrity import flip_bytes, plain_text, random_bytes
 
 
 def _temp_files(out: Path) -> list[str]:
