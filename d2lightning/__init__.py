@@ -4,7 +4,11 @@
 ``D2LightningModule`` and ``HookCallback`` bring detectron2 models and hooks into any Lightning Trainer.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time resolved by __getattr__ below
+    from d2lightning.engine.adapter import HookCallback
+    from d2lightning.engine.module import D2LightningModule
 
 __version__ = "0.1.0.dev0"
 __all__ = ["D2LightningModule", "HookCallback", "__version__"]

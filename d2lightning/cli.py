@@ -45,11 +45,13 @@ def _trainer_class() -> Any:
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    """Load the config file, apply the overrides, freeze."""
+    """Load the config file (or built-in config) ``--config-file`` names, apply the overrides, freeze."""
     from d2lightning.config import apply_overrides, get_cfg
+    from d2lightning.model_zoo import resolve_config_file
 
     if not args.config_file:
-        raise ValueError("--config-file is required (e.g. configs/shapes_detector.yaml)")
+        raise ValueError("--config-file is required (a YAML file, or a built-in config such as shapes_detector)")
+    args.config_file = resolve_config_file(args.config_file)
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     apply_overrides(cfg, args.opts)
@@ -164,9 +166,9 @@ def _print_final_table(results: dict[str, Any]) -> None:
 
 
 def _train_command(args: argparse.Namespace) -> int:
+    from d2lightning._argument_parser import default_argument_parser
     from d2lightning.engine import launch
     from d2lightning.engine.cluster import detect_cluster_environment
-    from d2lightning.engine.defaults import default_argument_parser
 
     dist_url = args.dist_url
     if dist_url == default_argument_parser().get_default("dist_url") and detect_cluster_environment() is not None:
@@ -189,26 +191,43 @@ def _predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONFIG_FILE_HELP = (
+    "--config-file takes a YAML file, or the name of a config built into the package\n"
+    "(d2lightning.model_zoo.builtin_config_names()), e.g. shapes_detector."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``d2lightning`` argument parser with its subcommands."""
-    from d2lightning.engine.defaults import default_argument_parser
+    """The ``d2lightning`` argument parser with its subcommands (built without importing torch or Lightning)."""
+    from d2lightning._argument_parser import default_argument_parser
 
     parser = argparse.ArgumentParser(prog="d2lightning", description="detectron2's training engine on Lightning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        parents=[default_argument_parser()],
-        add_help=False,
-        help="train (or with --eval-only evaluate) a model from a config file",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.set_defaults(func=_train_command)
-    evaluate = sub.add_parser(
-        "eval", parents=[default_argument_parser()], add_help=False, help="evaluate MODEL.WEIGHTS (or --resume)"
-    )
-    evaluate.set_defaults(func=_train_command, eval_only=True)
+    for name, summary, description, defaults in (
+        (
+            "train",
+            "train (or with --eval-only evaluate) a model from a config file",
+            "Train as detectron2's tools/train_net.py does.",
+            {},
+        ),
+        (
+            "eval",
+            "evaluate MODEL.WEIGHTS (or --resume)",
+            "Evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint).",
+            {"eval_only": True},
+        ),
+    ):
+        command = sub.add_parser(
+            name,
+            parents=[default_argument_parser()],
+            add_help=False,
+            help=summary,
+            description=f"{description}\n{_CONFIG_FILE_HELP}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.set_defaults(func=_train_command, **defaults)
     predict = sub.add_parser("predict", help="draw a model's predictions on an image")
-    predict.add_argument("--config-file", required=True, metavar="FILE")
+    predict.add_argument("--config-file", required=True, metavar="FILE", help="a YAML file or a built-in config name")
     predict.add_argument("--input", required=True, help="an image file")
     predict.add_argument("--output", required=True, help="where to write the image with boxes drawn")
     predict.add_argument("--confidence-threshold", type=float, default=0.5)

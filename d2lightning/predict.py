@@ -57,9 +57,10 @@ def predict_image(args: argparse.Namespace) -> None:
     """Load the config (``MODEL.WEIGHTS``, else ``OUTPUT_DIR``'s last checkpoint), predict, write the drawing."""
     from d2lightning.config import apply_overrides, get_cfg
     from d2lightning.engine import DefaultPredictor
+    from d2lightning.model_zoo import resolve_config_file
 
     cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(resolve_config_file(args.config_file))
     apply_overrides(cfg, args.opts)
     image = load_bgr_image(args.input)  # a bad --input is reported before a missing checkpoint
     if not cfg.MODEL.WEIGHTS:

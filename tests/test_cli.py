@@ -17,6 +17,7 @@ from PIL import Image
 from d2lightning import cli
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.evaluation import DatasetEvaluator
+from d2lightning.model_zoo import builtin_config_names
 from d2lightning.modeling import build_model
 from tests.helpers import REPO
 from tests.helpers.demo import (
@@ -149,14 +150,21 @@ def test_evaluator_returning_non_numbers_is_a_one_line_error(tmp_path, tiny_conf
 
 def test_config_file_missing_not_given_or_unreadable(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
-    assert _error_of(capsys, ["train", "--config-file", str(missing)]) == f"Config file '{missing}' does not exist."
+    not_found = (
+        f"Config file '{missing}' does not exist and is not a built-in config either; "
+        "built-in configs: Base-D2Lightning.yaml, shapes_detector.yaml"
+    )
+    assert _error_of(capsys, ["train", "--config-file", str(missing)]) == not_found
     assert _error_of(capsys, ["train", "--config-file", str(tmp_path)]) == f"Config file '{tmp_path}' is not a file."
-    assert _error_of(capsys, ["train"]) == "--config-file is required (e.g. configs/shapes_detector.yaml)"
+    assert (
+        _error_of(capsys, ["train"])
+        == "--config-file is required (a YAML file, or a built-in config such as shapes_detector)"
+    )
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00\x01MODEL: [")
     assert _error_of(capsys, ["train", "--config-file", str(binary)]).startswith(f"Cannot parse config file '{binary}'")
     missing_image_cfg = ["predict", "--config-file", str(missing), "--input", "x.png", "--output", "y.png"]
-    assert _error_of(capsys, missing_image_cfg, "predict") == f"Config file '{missing}' does not exist."
+    assert _error_of(capsys, missing_image_cfg, "predict") == not_found
 
 
 def test_unknown_architecture_lists_the_registered_ones(tmp_path, tiny_config, capsys):
@@ -194,10 +202,10 @@ def test_architecture_keys_are_validated_in_files_and_overrides(tmp_path, capsys
 
 
 def test_subprocess_exit_code_and_single_stderr_line(tmp_path):
-    missing = tmp_path / "missing.yaml"
+    """A --config-file that is neither a file nor a built-in config: one line, the built-in names, the closest."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "d2lightning", "train", "--config-file", str(missing)],
+        [sys.executable, "-m", "d2lightning", "train", "--config-file", "configs/shapes_detectr.yaml"],
         capture_output=True,
         text=True,
         env=env,
@@ -205,7 +213,12 @@ def test_subprocess_exit_code_and_single_stderr_line(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"d2lightning train: error: Config file '{missing}' does not exist."
+    names = builtin_config_names()
+    assert "shapes_detector.yaml" in names
+    assert proc.stderr.strip() == (
+        "d2lightning train: error: Config file 'configs/shapes_detectr.yaml' does not exist and is not a built-in "
+        f"config either; built-in configs: {', '.join(names)}; did you mean 'shapes_detector.yaml'?"
+    )
     assert proc.stdout == ""
 
 

@@ -71,7 +71,7 @@ def test_plot_a_detectron2_style_file(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_plot_a_short_demo_run(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     argv = [
-        "train", "--config-file", "configs/shapes_detector.yaml",
+        "train", "--config-file", "shapes_detector",
         "SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "20",
         "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.CHECKPOINT_PERIOD", "1000", "LIGHTNING.PROGRESS_BAR", "False",
         "OUTPUT_DIR", str(out),

@@ -5,7 +5,7 @@ Example::
     from d2lightning.config import get_cfg, apply_overrides
 
     cfg = get_cfg()
-    cfg.merge_from_file("configs/Base-D2Lightning.yaml")   # _BASE_ chains, relative to each file
+    cfg.merge_from_file("my_config.yaml")   # _BASE_ chains, relative to each file
     apply_overrides(cfg, ["SOLVER.BASE_LR", "0.01", "LIGHTNING.PRECISION=bf16-mixed"])
     cfg.freeze()
 """

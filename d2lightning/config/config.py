@@ -57,7 +57,7 @@ class CfgNode(dict[str, Any]):
     Example::
 
         cfg = get_cfg()
-        cfg.merge_from_file("configs/Base-D2Lightning.yaml")
+        cfg.merge_from_file(get_config_file("Base-D2Lightning"))  # d2lightning.model_zoo
         cfg.merge_from_list(["SOLVER.BASE_LR", "0.01"])
         cfg.freeze()
     """
@@ -324,12 +324,10 @@ def _rebuild(
 def get_cfg() -> CfgNode:
     """A fresh copy of the default config (detectron2 ``get_cfg``), checked against the key registry.
 
-    Holds detectron2's keys and defaults plus d2lightning's and every key added with
-    :func:`~d2lightning.config.extend_defaults` before this call, including the keys of the built-in model
-    architectures (their module is imported here so that they are always present).
+    Holds detectron2's keys and defaults plus d2lightning's (including the demo architecture's
+    ``MODEL.SHAPES_DETECTOR``) and every key added with :func:`~d2lightning.config.extend_defaults` before this
+    call. Imports no model code (nor torch).
     """
-    import d2lightning.modeling  # noqa: F401  # registers the built-in architectures' MODEL.* keys
-
     cfg = CfgNode(schema.default_tree())
     cfg._adopt((), True)
     return cfg

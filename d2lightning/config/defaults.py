@@ -4,7 +4,9 @@ Every key that detectron2's engine, solver and data loading read is here with de
 value (detectron2 HEAD, ``VERSION = 2``). Architecture-specific ``MODEL.*`` keys (``MODEL.RPN``,
 ``MODEL.ROI_HEADS``, ...) are not: a model declares its own with
 :func:`d2lightning.config.extend_defaults`, and when detectron2 is installed its whole default tree is added
-the same way, so detectron2 model-zoo files load as they are.
+the same way, so detectron2 model-zoo files load as they are. The one exception is the built-in demo
+architecture's ``MODEL.SHAPES_DETECTOR`` (kept here as detectron2 keeps its built-in architectures' keys in its
+``defaults.py``), so that ``get_cfg()`` imports no model code, hence no torch.
 
 d2lightning-only keys: ``SOLVER.OPTIMIZER``, ``SOLVER.CHECKPOINT_MAX_TO_KEEP`` (detectron2 issue #1803) and
 the ``LIGHTNING`` section (what only Lightning has). A leaf is either a plain default or a
@@ -18,9 +20,21 @@ from typing import Any
 from d2lightning.config import validators as v
 from d2lightning.config.spec import KeySpec
 
-__all__ = ["BUILTIN_DEFAULTS", "BUILTIN_SOURCE"]
+__all__ = ["BUILTIN_DEFAULTS", "BUILTIN_SOURCE", "SHAPES_DETECTOR_KEYS"]
 
 BUILTIN_SOURCE = "d2lightning.config.defaults"
+
+SHAPES_DETECTOR_KEYS: dict[str, Any] = {
+    "NUM_CLASSES": 3,
+    "BACKBONE_WIDTHS": [16, 32, 64, 96],
+    "HEAD_WIDTH": 32,
+    "GAUSSIAN_ALPHA": 0.54,
+    "HEATMAP_LOSS_WEIGHT": 1.0,
+    "BOX_LOSS_WEIGHT": 5.0,
+    "SCORE_THRESH_TEST": 0.05,
+    "DETECTIONS_PER_IMAGE": 100,
+}
+"""``MODEL.SHAPES_DETECTOR``: the keys of the demo's ``ShapesDetector`` (``d2lightning.modeling``), defaults."""
 
 _MODEL: dict[str, Any] = {
     "LOAD_PROPOSALS": False,
@@ -33,6 +47,7 @@ _MODEL: dict[str, Any] = {
     # Per-channel normalisation, in INPUT.FORMAT order (BGR by default): ImageNet mean, std 1 (MSRA models).
     "PIXEL_MEAN": [103.530, 116.280, 123.675],
     "PIXEL_STD": [1.0, 1.0, 1.0],
+    "SHAPES_DETECTOR": SHAPES_DETECTOR_KEYS,
 }
 
 _INPUT: dict[str, Any] = {

@@ -9,7 +9,12 @@ script that asks Slurm for that signal. Names are resolved lazily, so importing 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time resolved by __getattr__ below
+    from d2lightning.slurm.preemption import PREEMPTED_CHECKPOINT_FILE, SlurmPreemption, TrainingPreempted
+    from d2lightning.slurm.sbatch import SbatchJob, render_sbatch_script, submit_job
+    from d2lightning.slurm.scontrol import requeue_job, requeue_pending, slurm_job_id
 
 __all__ = [
     "PREEMPTED_CHECKPOINT_FILE",

@@ -25,7 +25,7 @@ def add_slurm_parser(subparsers: Any) -> None:
         description="Submit training as a Slurm batch job: one task per process, SIGUSR1 before the time limit "
         "(checkpoint, requeue, resume). Options go before the config overrides.",
     )
-    submit.add_argument("--config-file", required=True, metavar="FILE")
+    submit.add_argument("--config-file", required=True, metavar="FILE", help="a YAML file or a built-in config name")
     submit.add_argument("--nodes", type=int, default=1, help="number of machines (default 1)")
     submit.add_argument(
         "--gpus-per-node",
@@ -57,15 +57,17 @@ def submit_command(args: argparse.Namespace) -> int:
         OSError: when the config file cannot be read or ``sbatch`` is missing.
     """
     from d2lightning.config import apply_overrides, get_cfg
+    from d2lightning.model_zoo import resolve_config_file
     from d2lightning.slurm.sbatch import SbatchJob, render_sbatch_script, submit_job
 
+    config_file = resolve_config_file(args.config_file)
     cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(config_file)
     apply_overrides(cfg, args.opts)
     output_dir = os.path.abspath(cfg.OUTPUT_DIR)
-    stem = os.path.splitext(os.path.basename(args.config_file))[0]
+    stem = os.path.splitext(os.path.basename(config_file))[0]
     job = SbatchJob(
-        config_file=os.path.abspath(args.config_file),
+        config_file=os.path.abspath(config_file),
         output_dir=output_dir,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,

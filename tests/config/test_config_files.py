@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from d2lightning.config import ConfigError, ConfigFileError, ConfigTypeError, UnknownKeyError, get_cfg
-from tests.helpers import REPO
+from d2lightning.model_zoo import get_config_file
 
 
 def _write(path: Path, text: str) -> str:
@@ -197,7 +197,7 @@ def test_other_version_is_refused(tmp_path):
 
 def test_shipped_base_config_loads():
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO / "configs/Base-D2Lightning.yaml"))
+    cfg.merge_from_file(get_config_file("Base-D2Lightning"))
     assert cfg.SOLVER.STEPS == (60000, 80000)
     assert cfg.SOLVER.MAX_ITER == 90000
     assert cfg.SOLVER.BASE_LR == 0.02

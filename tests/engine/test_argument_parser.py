@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import pytest
 
-from d2lightning.engine import defaults
 from d2lightning.engine.defaults import default_argument_parser
 
 # detectron2-oracle.json "argument_parser" cases, observed with uid 0.
@@ -64,18 +65,18 @@ ORACLE_CASES = [
 
 @pytest.mark.parametrize(("argv", "expected"), ORACLE_CASES)
 def test_oracle_namespaces(monkeypatch, argv, expected):
-    monkeypatch.setattr(defaults.os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
     assert vars(default_argument_parser().parse_args(argv)) == expected
 
 
 @pytest.mark.parametrize(("uid", "port"), [(0, 49152), (1000, 50152), (16384, 49152), (16385, 49153)])
 def test_dist_url_port_rule(monkeypatch, uid, port):
-    monkeypatch.setattr(defaults.os, "getuid", lambda: uid)
+    monkeypatch.setattr(os, "getuid", lambda: uid)
     assert default_argument_parser().parse_args([]).dist_url == f"tcp://127.0.0.1:{port}"
 
 
 def test_windows_uses_uid_1(monkeypatch):
-    monkeypatch.setattr(defaults.sys, "platform", "win32")
+    monkeypatch.setattr(sys, "platform", "win32")
     assert default_argument_parser().parse_args([]).dist_url == "tcp://127.0.0.1:49153"
 
 

@@ -10,14 +10,16 @@
 - :mod:`tests.helpers.slurm_cluster`: the local Slurm cluster of ``scripts/slurm/``.
 - :mod:`tests.helpers.cli`: the ``d2lightning`` command in a subprocess (``tests/jobs/cli_job.py``).
 
-This module itself imports nothing heavy: job scripts in ``tests/jobs/`` import it without torch.
+This module itself imports nothing heavy (no torch): job scripts in ``tests/jobs/`` import it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from d2lightning.model_zoo import get_config_file
+
 REPO = Path(__file__).resolve().parents[2]
 """The repository root (the source checkout the tests run from)."""
-DEMO_CONFIG = REPO / "configs" / "shapes_detector.yaml"
-"""The shipped demo config."""
+DEMO_CONFIG = Path(get_config_file("shapes_detector"))
+"""The built-in demo config (``d2lightning/model_zoo/configs/shapes_detector.yaml``)."""

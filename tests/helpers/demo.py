@@ -1,6 +1,6 @@
 """Shared pieces of the DefaultTrainer / DefaultPredictor / CLI tests: a tiny demo config and its datasets.
 
-The tiny config is the shipped demo (``configs/shapes_detector.yaml``) shrunk to run in about a second: 32x32
+The tiny config is the shipped demo (built-in ``shapes_detector``) shrunk to run in about a second: 32x32
 shapes images, a 4-channel detector, batches of 2 and a 4-image validation split.
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +46,9 @@ def read_results(out_dir: str | Path, world_size: int) -> list[dict[str, Any]]:
 
 
 def free_port(low: int = 20000, high: int = 30000) -> int:
-    """The first port of ``[low, high)`` nothing listens on (SLURM-style tests derive ports from job ids)."""
-    for port in range(low, high):
+    """A port of ``[low, high)`` that nothing listens on, tried in random order (other test runs on the same
+    machine look for one too); below the ephemeral range, so no outgoing connection takes it meanwhile."""
+    for port in random.sample(range(low, high), high - low):
         with socket.socket() as sock:
             try:
                 sock.bind(("", port))

@@ -1,7 +1,7 @@
 """The demo on a real Slurm cluster: submitted, preempted with SIGUSR1, requeued, resumed, finished.
 
 Needs the local cluster of ``scripts/slurm/up.sh`` (``.ci/run`` starts it); skipped with the reason otherwise.
-The job: ``d2lightning slurm submit`` of ``configs/shapes_detector.yaml`` on 2 CPU tasks (srun, gloo) for 40
+The job: ``d2lightning slurm submit`` of the built-in ``shapes_detector`` config on 2 CPU tasks (srun, gloo) for 40
 iterations, checkpoints every 15, evaluation every 20. Uninterrupted, that run writes model_0000014.pth,
 model_0000029.pth, model_final.pth and metrics.json lines for iterations 19, 39 (training) and 40 (final
 evaluation). About a minute, most of it process start-up and Slurm's requeue.
@@ -57,7 +57,7 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
         "slurm",
         "submit",
         "--config-file",
-        "configs/shapes_detector.yaml",
+        "shapes_detector",
     ]
     overrides = ["SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "15", "TEST.EVAL_PERIOD", "20"]
     submit = subprocess.run(

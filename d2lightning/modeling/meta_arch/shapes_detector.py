@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2lightning.config import extend_defaults
+from d2lightning.config.defaults import SHAPES_DETECTOR_KEYS
 from d2lightning.data._cfg import cfg_get
 from d2lightning.modeling import centernet
 from d2lightning.modeling.backbone import ShapesBackbone
@@ -28,23 +28,9 @@ __all__ = ["SHAPES_DETECTOR_DEFAULTS", "ShapesDetector"]
 
 logger = logging.getLogger(__name__)
 
-SHAPES_DETECTOR_DEFAULTS: dict[str, Any] = {
-    "MODEL": {
-        "SHAPES_DETECTOR": {
-            "NUM_CLASSES": 3,
-            "BACKBONE_WIDTHS": [16, 32, 64, 96],
-            "HEAD_WIDTH": 32,
-            "GAUSSIAN_ALPHA": 0.54,
-            "HEATMAP_LOSS_WEIGHT": 1.0,
-            "BOX_LOSS_WEIGHT": 5.0,
-            "SCORE_THRESH_TEST": 0.05,
-            "DETECTIONS_PER_IMAGE": 100,
-        }
-    }
-}
-"""Config keys of this model and their defaults; added to ``get_cfg()``'s defaults when this module is imported."""
-
-extend_defaults(SHAPES_DETECTOR_DEFAULTS, source="ShapesDetector")
+SHAPES_DETECTOR_DEFAULTS: dict[str, Any] = {"MODEL": {"SHAPES_DETECTOR": SHAPES_DETECTOR_KEYS}}
+"""Config keys of this model and their defaults (part of ``get_cfg()``'s defaults: they are declared in
+``d2lightning.config.defaults``, so that a config loads without importing the model)."""
 
 _KEY = "MODEL.SHAPES_DETECTOR."
 _PRIOR_BIAS = -2.19  # sigmoid(-2.19) = 0.1, CenterNet's heatmap initialisation
