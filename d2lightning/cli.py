@@ -5,8 +5,10 @@
 ``tools/lazyconfig_train_net.py``: see :mod:`d2lightning.engine.lazy_training`): the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
 evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes or machines. User errors (a bad
-config, an unknown dataset, an unreadable image...) end with one clear message and exit code 1, not a traceback
-(set ``D2L_DEBUG=1`` to get it).
+config, an unknown dataset, an unreadable image, a damaged checkpoint, a busy ``OUTPUT_DIR``... see
+:mod:`d2lightning.cli_errors`) end with one clear message and exit code 1, not a traceback (set ``D2L_DEBUG=1``
+to get it). Training claims ``OUTPUT_DIR`` before writing anything there; SIGTERM ends it with a checkpoint and
+exit code 143.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main"]
@@ -42,11 +45,9 @@ def _trainer_class() -> Any:
     return Trainer
 
 
-def setup(args: argparse.Namespace) -> Any:
-    """Load the config file (or built-in config) ``--config-file`` names, apply the overrides, freeze, and run
-    ``default_setup``."""
+def load_config(args: argparse.Namespace) -> Any:
+    """Load the config file (or built-in config) ``--config-file`` names, apply the overrides, freeze."""
     from d2lightning.config import apply_overrides, get_cfg
-    from d2lightning.engine import default_setup
     from d2lightning.model_zoo import resolve_config_file
 
     if not args.config_file:
@@ -56,6 +57,14 @@ def setup(args: argparse.Namespace) -> Any:
     cfg.merge_from_file(args.config_file)
     apply_overrides(cfg, args.opts)
     cfg.freeze()
+    return cfg
+
+
+def setup(args: argparse.Namespace, cfg: Any = None) -> Any:
+    """Load the config (unless given) and run ``default_setup``."""
+    from d2lightning.engine import default_setup
+
+    cfg = load_config(args) if cfg is None else cfg
     default_setup(cfg, args)
     _quiet_console()
     return cfg
@@ -64,6 +73,19 @@ def setup(args: argparse.Namespace) -> Any:
 def _quiet_console() -> None:
     if not os.environ.get("D2L_DEBUG"):
         _console_without_tracebacks()
+
+
+@contextlib.contextmanager
+def _output_dir_claimed(output_dir: str, args: argparse.Namespace) -> Iterator[None]:
+    """Training holds its output directory (main process) before ``default_setup`` writes config.yaml and log.txt."""
+    from d2lightning.utils import comm
+    from d2lightning.utils.run_lock import OutputDirLock
+
+    if args.eval_only or not comm.is_main_process() or not output_dir:
+        yield
+        return
+    with OutputDirLock(output_dir):
+        yield
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -96,39 +118,55 @@ _MISMATCH = "the evaluation results do not match TEST.EXPECTED_RESULTS (the log 
 
 def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
     """One process of ``d2lightning train``; returns the last evaluation results."""
-    from d2lightning.checkpoint import DetectionCheckpointer
-    from d2lightning.evaluation import verify_results
     from d2lightning.utils import comm
 
     if str(args.config_file).endswith(".py"):  # a LazyConfig: detectron2's tools/lazyconfig_train_net.py
         from d2lightning.engine import lazy_training
 
-        lazy_cfg = lazy_training.setup(args)
-        _quiet_console()
-        results = lazy_training.run(args, lazy_cfg)
-        if comm.is_main_process() and results:
-            _print_final_table(results)
-        return results
-    cfg = setup(args)
-    trainer_cls = _trainer_class()
-    if args.eval_only:
-        model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = trainer_cls.test(cfg, model)
-        if comm.is_main_process() and not verify_results(cfg, results):
-            raise ValueError(_MISMATCH)
+        lazy_cfg = lazy_training.load_config(args)
+        with _output_dir_claimed(lazy_cfg.train.output_dir, args):
+            lazy_training.setup(args, lazy_cfg)
+            _quiet_console()
+            results = lazy_training.run(args, lazy_cfg)
     else:
-        trainer = trainer_cls(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        try:
-            results = trainer.train()
-        except SystemExit as e:  # DefaultTrainer.train exits with 1 on a mismatch, as detectron2's
-            if e.code == 1 and len(cfg.TEST.EXPECTED_RESULTS):
-                raise ValueError(_MISMATCH) from None
-            raise
+        cfg = load_config(args)
+        with _output_dir_claimed(cfg.OUTPUT_DIR, args):
+            results = _run(setup(args, cfg), args)
     if comm.is_main_process() and results:
         _print_final_table(results)
     return results
+
+
+def _run(cfg: Any, args: argparse.Namespace) -> Any:
+    """Train (or evaluate) with the set-up config; returns the evaluation results."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.engine.startup_checks import check_device
+    from d2lightning.evaluation import verify_results
+    from d2lightning.utils import comm
+
+    trainer_cls = _trainer_class()
+    if args.eval_only:
+        check_device(cfg)
+        model = trainer_cls.build_model(cfg)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            logger.warning(
+                "Evaluating an untrained model: MODEL.WEIGHTS is empty and there is no checkpoint to --resume "
+                f"from in {cfg.OUTPUT_DIR}; pass MODEL.WEIGHTS path/to/model.pth or --resume"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer_cls.test(cfg, model)
+        if comm.is_main_process() and not verify_results(cfg, results):
+            raise ValueError(_MISMATCH)
+        return results
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    try:
+        return trainer.train()
+    except SystemExit as e:  # DefaultTrainer.train exits with 1 on a mismatch, as detectron2's
+        if e.code == 1 and len(cfg.TEST.EXPECTED_RESULTS):
+            raise ValueError(_MISMATCH) from None
+        raise
 
 
 def _print_final_table(results: dict[str, Any]) -> None:
@@ -238,12 +276,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_lightning_notices()
     if os.environ.get("D2L_DEBUG"):
         return int(args.func(args))
-    from d2lightning.config import ConfigError
+    from d2lightning.cli_errors import user_error_message
 
     try:
         return int(args.func(args))
-    except (ConfigError, KeyError, ValueError, TypeError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except SystemExit as e:
+        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM, with a checkpoint
+        if not stopped or not isinstance(e.code, int):
+            raise
+        print(f"d2lightning {args.command}: {stopped}", file=sys.stderr)
+        return e.code
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:
+            raise
         print(f"d2lightning {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -3,11 +3,13 @@
 Same constructor, methods, file layout and log messages as fvcore's, which detectron2 uses everywhere. What
 d2lightning adds:
 
-- every file (checkpoint and ``last_checkpoint``) is written atomically (:mod:`.atomic`);
+- every file (checkpoint and ``last_checkpoint``) is written atomically (:mod:`.atomic`), and each checkpoint
+  carries a CRC-32 of its content that every load verifies (:mod:`.integrity`);
 - a checkpoint saved during a Lightning fit of the model also holds Lightning's full state, so the file is a
   valid ``Trainer.fit(ckpt_path=...)`` (:mod:`.lightning_state`; the fit sets :attr:`Checkpointer.training_state`);
-- an unreadable file raises :class:`CorruptCheckpointError` naming it, and :meth:`Checkpointer.resume_or_load`
-  then falls back to the newest readable checkpoint of the directory.
+- a damaged file (empty, cut short, foreign bytes, a checksum mismatch) raises :class:`CorruptCheckpointError`
+  naming it, and :meth:`Checkpointer.resume_or_load` then falls back to the newest readable checkpoint of the
+  directory — also when ``last_checkpoint`` itself is unreadable — with a warning naming both files.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,16 +25,14 @@ import torch
 from torch import nn
 
 from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove_stale_temp_files
+from d2lightning.checkpoint.integrity import CorruptCheckpointError, verify_checkpoint
 from d2lightning.checkpoint.lightning_state import merge_lightning_state, pop_lightning_state
 from d2lightning.checkpoint.model_loading import IncompatibleKeys, load_model_state, log_incompatible_keys
 
-__all__ = ["Checkpointer", "CorruptCheckpointError"]
+__all__ = ["Checkpointer", "CorruptCheckpointError", "is_checkpoint_file_name"]
 
 _LAST = "last_checkpoint"
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read: truncated, damaged, or not a checkpoint at all."""
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 class Checkpointer:
@@ -155,13 +156,24 @@ class Checkpointer:
         return os.path.exists(os.path.join(self.save_dir, _LAST))
 
     def get_checkpoint_file(self) -> str:
-        """The path ``last_checkpoint`` names, or ``""`` when there is none."""
+        """The path ``last_checkpoint`` names, or ``""`` when there is none or it cannot be read."""
+        last_saved, _ = self._read_last_checkpoint()
+        return os.path.join(self.save_dir, last_saved) if last_saved else ""
+
+    def _read_last_checkpoint(self) -> tuple[str, str]:
+        """``(file name, "")`` from ``last_checkpoint``, or ``("", why it cannot be used)``."""
         try:
-            with open(os.path.join(self.save_dir, _LAST)) as f:
-                last_saved = f.read().strip()
-        except OSError:
-            return ""
-        return os.path.join(self.save_dir, last_saved)
+            with open(os.path.join(self.save_dir, _LAST), "rb") as f:
+                raw = f.read(4097)
+        except OSError as e:
+            return "", f"it cannot be read ({e.strerror or e})"
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return "", "it is not text (damaged)"
+        if not name or len(raw) > 4096 or "\n" in name or "\0" in name:
+            return "", "it does not hold a file name (empty or damaged)"
+        return name, ""
 
     def get_all_checkpoint_files(self) -> list[str]:
         """Every ``.pth`` file in ``save_dir``, sorted by name."""
@@ -200,40 +212,53 @@ class Checkpointer:
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` when ``resume`` and it exists, else load only the weights of ``path``.
 
-        Resuming loads everything (model and every checkpointable). When the file ``last_checkpoint`` names is
-        missing or unreadable, the other checkpoints of ``save_dir`` are tried newest first (by modification
-        time) and the first readable one is used, with a warning naming it. With ``resume``, a process that
-        saves (``save_to_disk``) first deletes the temporary files of saves that were killed.
+        Resuming loads everything (model and every checkpointable). When ``last_checkpoint`` cannot be read, or
+        the file it names is missing or damaged, the other checkpoints of ``save_dir`` are tried newest first
+        (by modification time) and the first readable one is used, with a warning naming both files. With
+        ``resume``, a process that saves (``save_to_disk``) first deletes the temporary files of saves that
+        were killed (never those of a save in progress, see :mod:`.atomic`).
 
         Raises:
-            CorruptCheckpointError: when no checkpoint of ``save_dir`` can be read.
+            CorruptCheckpointError: when no checkpoint of ``save_dir`` can be read; the one-line message lists
+                each file and what is wrong with it.
         """
         if resume and self.save_dir and self.save_to_disk:
-            for stale in remove_stale_temp_files(self.save_dir, _is_ours):
+            for stale in remove_stale_temp_files(self.save_dir, is_checkpoint_file_name):
                 self.logger.info(f"Removed {stale}, left by an interrupted save")
         if resume and self.has_checkpoint():
             return self._resume()
         return self.load(path, checkpointables=[])
 
     def _resume(self) -> dict[str, Any]:
-        last = self.get_checkpoint_file()
-        others = sorted((f for f in self.get_all_checkpoint_files() if f != last), key=os.path.getmtime, reverse=True)
-        errors: list[str] = []
-        for candidate in [last, *others]:
+        name, problem = self._read_last_checkpoint()
+        last = os.path.join(self.save_dir, name) if name else ""
+        pointer = os.path.join(self.save_dir, _LAST)
+        if problem:
+            self.logger.warning(f"Cannot use {pointer}: {problem}")
+        others = sorted(
+            (f for f in self.get_all_checkpoint_files() if f != last), key=lambda f: (_mtime(f), f), reverse=True
+        )
+        failures: list[str] = []
+        for candidate in [last, *others] if last else others:
             self.logger.info(f"[Checkpointer] Loading from {candidate} ...")
             try:
                 checkpoint = self._read(candidate)
             except (FileNotFoundError, CorruptCheckpointError) as e:
                 self.logger.warning(f"Cannot resume from {candidate}: {e}")
-                errors.append(str(e))
+                failures.append(f"{os.path.basename(candidate)} ({_reason(e, candidate)})")
                 continue
             if candidate != last:
+                unusable = f"{last} (named by {pointer}, unreadable)" if last else f"{pointer} ({problem})"
                 self.logger.warning(
-                    f"Resuming from {candidate} instead of {last} (named by last_checkpoint, unreadable): the "
-                    "newest readable checkpoint in the directory"
+                    f"Resuming from {candidate} instead of {unusable}: the newest readable checkpoint in the directory"
                 )
             return self._restore(candidate, checkpoint, list(self.checkpointables))
-        raise CorruptCheckpointError(f"No checkpoint in {self.save_dir!r} can be read:\n" + "\n".join(errors))
+        if problem:
+            failures.insert(0, f"{_LAST} ({problem})")
+        raise CorruptCheckpointError(
+            f"No checkpoint in {self.save_dir!r} can be read: {'; '.join(failures) or 'there is none'}. Delete or "
+            "replace the damaged files, or train into another OUTPUT_DIR"
+        )
 
     def _checkpointable_names(self, checkpointables: Iterable[str] | None) -> list[str]:
         if checkpointables is None:
@@ -266,23 +291,29 @@ class Checkpointer:
         return checkpoint
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        """Read a checkpoint file (on CPU). Subclasses add formats.
+        """Read a checkpoint file (on CPU) after checking it is intact. Subclasses add formats.
 
         Raises:
-            CorruptCheckpointError: naming the file when it is truncated or not a torch file.
-            pickle.UnpicklingError: naming the file when it holds objects ``weights_only`` refuses.
+            CorruptCheckpointError: naming the file when it is empty, truncated, not a torch file, or its
+                checksum does not match (see :func:`.integrity.verify_checkpoint`).
+            pickle.UnpicklingError: naming the file when it is intact but holds objects ``weights_only``
+                refuses.
         """
+        verify_checkpoint(f)
         try:
             loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=self.weights_only)
         except pickle.UnpicklingError as e:
-            if "weights only" in str(e).lower():
-                raise pickle.UnpicklingError(
-                    f"Checkpoint {f} holds objects that torch.load(weights_only=True) refuses; if you trust the "
-                    f"file, set checkpointer.weights_only = False. torch said: {e}"
+            refused = _REFUSED_GLOBAL.search(str(e))
+            if refused is None:  # not torch's refusal of a class: the pickled data itself is damaged
+                raise CorruptCheckpointError(
+                    f"Checkpoint {f} is truncated or corrupt: its pickled data cannot be read"
                 ) from e
-            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or corrupt: {e}") from e
+            raise pickle.UnpicklingError(
+                f"Checkpoint {f} holds objects that torch.load(weights_only=True) refuses ({refused.group(1)}); "
+                "if you trust the file, set checkpointer.weights_only = False"
+            ) from e
         except Exception as e:  # a damaged file can fail anywhere in torch's reader
-            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or corrupt: {e}") from e
+            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or corrupt: {_first_line(e)}") from e
         if not isinstance(loaded, dict):
             raise CorruptCheckpointError(f"Checkpoint {f} holds a {type(loaded).__qualname__}, not a dict")
         return loaded
@@ -295,8 +326,23 @@ class Checkpointer:
         log_incompatible_keys(self.logger, self.model, incompatible)
 
 
-def _is_ours(name: str) -> bool:
+def is_checkpoint_file_name(name: str) -> bool:
+    """Whether a checkpointer writes files of this name: ``last_checkpoint`` and ``*.pth``."""
     return name == _LAST or name.endswith(".pth")
+
+
+def _reason(error: Exception, path: str) -> str:
+    """What is wrong with ``path``, from the error about it, without repeating its name."""
+    text = str(error)
+    for prefix in (f"Checkpoint {path} is truncated or corrupt: ", f"Checkpoint {path} "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _mtime(path: str) -> float:

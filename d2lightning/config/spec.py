@@ -14,6 +14,8 @@ Differences from yacs, all towards accepting what is obviously meant:
 - An int is accepted where a float is expected, and converted (yacs raises for ``BASE_LR: 1``).
 - If decoding a string gives a type the key does not take but the raw string would do, the raw string is
   kept: ``OUTPUT_DIR 123`` gives ``"123"`` (yacs raises).
+- A string in YAML flow syntax that is no Python literal is read as YAML:
+  ``LIGHTNING.CALLBACKS "[{class_path: pkg.Cls, init_args: {a: 1}}]"`` works on the command line as in a file.
 - A :class:`KeySpec` may declare several types (``LIGHTNING.DEVICES``: str, int or list) and a validator.
 """
 
@@ -25,6 +27,8 @@ import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 __all__ = ["KeySpec", "coerce_value", "decode_candidates", "describe_types", "is_valid_leaf"]
 
@@ -133,7 +137,8 @@ def coerce_value(value: Any, types: tuple[type, ...] | None) -> tuple[bool, Any]
 
 
 def decode_candidates(raw: Any, *, yaml_words: bool = False) -> list[Any]:
-    """The interpretations of ``raw`` to try in order: its literal_eval value (for a string), then itself.
+    """The interpretations of ``raw`` to try in order: its literal_eval value (for a string), its YAML value when
+    it is a flow collection (``[...]`` / ``{...}``), then itself.
 
     With ``yaml_words`` (``a.b=c`` overrides, as LazyConfig/Hydra read them), ``true``/``false``/``null``
     (any case) are also understood.
@@ -143,6 +148,9 @@ def decode_candidates(raw: Any, *, yaml_words: bool = False) -> list[Any]:
     candidates: list[Any] = []
     with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         candidates.append(ast.literal_eval(raw))
+    if not candidates and raw.lstrip().startswith(("[", "{")):
+        with contextlib.suppress(yaml.YAMLError):
+            candidates.append(yaml.safe_load(raw))
     if yaml_words and raw.strip().lower() in _YAML_WORDS:
         candidates.append(_YAML_WORDS[raw.strip().lower()])
     candidates.append(raw)

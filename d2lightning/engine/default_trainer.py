@@ -18,12 +18,14 @@ from typing import Any
 import torch
 
 from d2lightning import _compat
-from d2lightning.checkpoint import DetectionCheckpointer
+from d2lightning.checkpoint import CorruptCheckpointError, DetectionCheckpointer
 from d2lightning.engine import hooks
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
+from d2lightning.engine.output_dir import claim_output_dir, warn_before_overwriting
 from d2lightning.engine.simple_trainer import SimpleTrainer
+from d2lightning.engine.startup_checks import check_trainable
 from d2lightning.engine.trainer_base import TrainerBase
 from d2lightning.engine.writers import default_writers
 from d2lightning.evaluation import (
@@ -34,6 +36,7 @@ from d2lightning.evaluation import (
     verify_results,
 )
 from d2lightning.layers.batch_norm import get_bn_modules
+from d2lightning.slurm.lightning_setup import add_slurm_plugin, termination_hook
 from d2lightning.utils import comm
 from d2lightning.utils.events import EventWriter
 from d2lightning.utils.logger import setup_logger
@@ -64,12 +67,22 @@ class DefaultTrainer(TrainerBase):
     Lightning's accelerator. The hooks, loop and writers are d2lightning's, with detectron2's iterations, file
     names and metrics.
 
+    d2lightning adds, for safe output folders: the main process locks ``OUTPUT_DIR`` from construction to the
+    end of :meth:`train` (a second training there is refused; see :mod:`d2lightning.engine.output_dir`) and
+    deletes the temporary files of killed saves; a run starting at iteration 0 warns before overwriting an
+    earlier run's checkpoints; and a signal hook is registered last — ``SigtermCheckpoint`` (SIGTERM: checkpoint,
+    exit 143), or ``SlurmPreemption`` in a Slurm job, with Lightning's ``SLURMEnvironment(auto_requeue=False)``.
+    Settings this machine cannot honour (``MODEL.DEVICE``, ``LIGHTNING.PRECISION``, ``SOLVER.IMS_PER_BATCH``)
+    are refused before anything is built (:mod:`d2lightning.engine.startup_checks`).
+
     Args:
         cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names), or a detectron2
             ``CfgNode``.
 
     Raises:
         ImportError: for a detectron2 ``CfgNode`` when detectron2 is not installed.
+        OutputDirInUseError: when another live run trains into ``OUTPUT_DIR``.
+        ValueError: naming the key, for a setting this machine or run cannot honour.
 
     Attributes:
         cfg, model, optimizer, data_loader, scheduler, checkpointer, start_iter, max_iter: as detectron2's.
@@ -90,6 +103,9 @@ class DefaultTrainer(TrainerBase):
         if not logging.getLogger("d2lightning").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_trainable(cfg, comm.get_world_size())
+        main = comm.is_main_process() and bool(cfg.OUTPUT_DIR)
+        self._output_lock = claim_output_dir(cfg.OUTPUT_DIR) if main else None
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -118,18 +134,8 @@ class DefaultTrainer(TrainerBase):
         )
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
-        self._add_slurm_support()
-
-    def _add_slurm_support(self) -> None:
-        """Inside a Slurm job: the preemption hook (checkpoint, requeue, exact resume) and Lightning's own
-        auto-requeue off (see :mod:`d2lightning.slurm.lightning_setup`)."""
-        from d2lightning.slurm.lightning_setup import add_slurm_support
-
-        extra: dict[str, Any] = {"callbacks": list(self._hooks), "plugins": self.lightning_kwargs.get("plugins")}
-        add_slurm_support(extra)
-        self.register_hooks(extra["callbacks"][len(self._hooks) :])
-        if extra["plugins"] is not None:
-            self.lightning_kwargs["plugins"] = extra["plugins"]
+        self.register_hooks([termination_hook()])  # last: stops after every other hook's after_step
+        add_slurm_plugin(self.lightning_kwargs)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR``'s last checkpoint if ``resume`` and one exists, else load ``MODEL.WEIGHTS``.
@@ -137,16 +143,29 @@ class DefaultTrainer(TrainerBase):
         Resuming restores the model, optimizer, scheduler, hook states and iteration, and training continues at
         the iteration after the saved one; ``MODEL.WEIGHTS`` is then ignored. Otherwise only the weights are
         loaded and training starts at 0. Asked to resume from an ``OUTPUT_DIR`` without a checkpoint, it says so
-        in one log line and starts at 0 (from ``MODEL.WEIGHTS`` if set).
+        in one log line and starts at 0 (from ``MODEL.WEIGHTS`` if set). Starting at 0 in an ``OUTPUT_DIR`` that
+        holds checkpoints logs a warning naming those it will overwrite.
+
+        Raises:
+            FileNotFoundError / CorruptCheckpointError: naming ``MODEL.WEIGHTS`` when that file is missing or
+                damaged; when resuming, only if no checkpoint of ``OUTPUT_DIR`` can be read.
         """
         weights = self.cfg.MODEL.WEIGHTS
-        if resume and not self.checkpointer.has_checkpoint():
+        resuming = resume and self.checkpointer.has_checkpoint()
+        if not resuming and self._output_lock is not None:
+            warn_before_overwriting(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.max_iter)
+        if resume and not resuming:
             source = f"from MODEL.WEIGHTS={weights}" if weights else "from scratch"
             logger.info(f"No checkpoint found in {self.cfg.OUTPUT_DIR}: training starts at iteration 0, {source}")
             if not weights:
                 return  # nothing to load: the checkpointer would only log "no checkpoint" once more
-        self.checkpointer.resume_or_load(weights, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
+        try:
+            self.checkpointer.resume_or_load(weights, resume=resume)
+        except (FileNotFoundError, CorruptCheckpointError) as e:
+            if resuming:
+                raise
+            raise type(e)(f"MODEL.WEIGHTS={weights!r}: {e}") from e
+        if resuming:
             self.start_iter = self.iter + 1  # the checkpoint stores the iteration that just finished
             self._seek_precise_bn_loader()
 
@@ -211,10 +230,18 @@ class DefaultTrainer(TrainerBase):
 
         Raises:
             RuntimeError: with ``TEST.EXPECTED_RESULTS`` on the main process, when no evaluation ran.
+            TrainingPreempted: (a ``SystemExit``, code 143) after SIGTERM, once the checkpoint is written; see
+                :class:`~d2lightning.engine.termination.SigtermCheckpoint`.
             SystemExit: (code 1) when the results do not match ``TEST.EXPECTED_RESULTS`` on the main process,
                 as detectron2's ``verify_results``; the mismatches are logged first.
         """
-        super().train(self.start_iter, self.max_iter)
+        if self._output_lock is not None:
+            self._output_lock.acquire()  # again, when an earlier train() released it
+        try:
+            super().train(self.start_iter, self.max_iter)
+        finally:
+            if self._output_lock is not None:
+                self._output_lock.release()
         results = getattr(self, "_last_eval_results", None)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             if results is None:

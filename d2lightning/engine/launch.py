@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.distributed as dist
 
-from d2lightning.engine._workers import run_in_process, spawn_workers
+from d2lightning.engine._workers import RendezvousTimeoutError, run_in_process, spawn_workers
 from d2lightning.engine.cluster import (
     DistributedEnvironment,
     detect_cluster_environment,
@@ -40,8 +40,10 @@ from d2lightning.utils import comm
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_RENDEZVOUS_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "DistributedEnvironment",
+    "RendezvousTimeoutError",
     "detect_cluster_environment",
     "ensure_local_process_group",
     "launch",
@@ -49,6 +51,10 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: How long a process waits for the run's master process before giving up (d2lightning only);
+#: the environment variable ``D2L_RENDEZVOUS_TIMEOUT`` (seconds) overrides it.
+DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
+_RENDEZVOUS_VARIABLE = "D2L_RENDEZVOUS_TIMEOUT"
 
 
 def launch(
@@ -59,6 +65,8 @@ def launch(
     dist_url: str | None = None,
     args: Sequence[Any] = (),
     timeout: timedelta = DEFAULT_TIMEOUT,
+    *,
+    rendezvous_timeout: timedelta | None = None,
 ) -> None:
     """Run ``main_func(*args)`` in every process of a distributed run (detectron2's ``launch``).
 
@@ -67,6 +75,11 @@ def launch(
     ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and ``NODE_RANK``, then
     ``init_process_group`` (NCCL with CUDA, else gloo) with ``timeout``, the CUDA device ``LOCAL_RANK``,
     ``comm.create_local_process_group(num_gpus_per_machine)`` and a barrier, before ``main_func`` runs.
+
+    Before joining the group, every process but rank 0 waits for the master's address to accept connections:
+    after a few seconds it logs whom it waits for (address, rank 0, machine rank 0), and after
+    ``rendezvous_timeout`` it gives up with :class:`RendezvousTimeoutError` (detectron2 waits ``timeout`` in
+    silence).
 
     Args:
         main_func: called as ``main_func(*args)``; its return value is discarded.
@@ -79,19 +92,27 @@ def launch(
             launcher use the launcher's rendezvous unless a ``tcp://`` or ``env://`` URL is given.
         args: positional arguments of ``main_func``.
         timeout: the process group's timeout.
+        rendezvous_timeout: how long a process waits for the master (d2lightning only, keyword-only); None:
+            ``D2L_RENDEZVOUS_TIMEOUT`` seconds when set, else :data:`DEFAULT_RENDEZVOUS_TIMEOUT`.
 
     Raises:
         TypeError / ValueError: on bad arguments, before any process starts; also when a detected launcher
             created a different number of processes than ``num_machines * num_gpus_per_machine``.
         torch.multiprocessing.ProcessRaisedException: when a worker raised; the message holds the traceback
-            of the worker that failed first. The other workers are stopped before it is raised.
+            of the worker that failed first, and ``__cause__`` its exception (when it could be pickled). The
+            other workers are stopped before it is raised.
+        RendezvousTimeoutError: in this process (when it is not rank 0) when the master cannot be reached in
+            time; from spawned workers, as the cause of a ``ProcessRaisedException``.
+        TrainingPreempted: (code 143) when the workers stopped on SIGTERM; a SIGTERM to this process is passed
+            on to the workers it started.
     """
     _check_arguments(main_func, num_gpus_per_machine, num_machines, machine_rank, args, timeout)
+    rendezvous = _rendezvous_timeout(rendezvous_timeout)
     url = _parse_dist_url(dist_url, num_machines)
     world = num_machines * num_gpus_per_machine
     existing = detect_cluster_environment()
     if existing is not None and existing.world_size == world > 1:
-        _join(existing, url, num_gpus_per_machine, num_machines, main_func, tuple(args), timeout)
+        _join(existing, url, num_gpus_per_machine, num_machines, main_func, tuple(args), (timeout, rendezvous))
         return
     fans_out = _check_fan_out(existing, num_gpus_per_machine, num_machines, machine_rank)
     if world == 1:
@@ -111,7 +132,7 @@ def launch(
         master_addr=host,
         master_port=port,
     )
-    spawn_workers(main_func, tuple(args), base, timeout)
+    spawn_workers(main_func, tuple(args), base, timeout, rendezvous)
 
 
 def ensure_local_process_group(num_workers_per_machine: int | None = None) -> None:
@@ -186,6 +207,23 @@ def _check_fan_out(
     return fans_out
 
 
+def _rendezvous_timeout(given: object) -> timedelta:
+    """``given``, else ``D2L_RENDEZVOUS_TIMEOUT`` seconds, else the default; checked."""
+    if given is None:
+        text = os.environ.get(_RENDEZVOUS_VARIABLE, "").strip()
+        if not text:
+            return DEFAULT_RENDEZVOUS_TIMEOUT
+        try:
+            given = timedelta(seconds=float(text))
+        except (ValueError, OverflowError):
+            raise ValueError(f"{_RENDEZVOUS_VARIABLE}={text!r} must be a number of seconds") from None
+    if not isinstance(given, timedelta):
+        raise TypeError(f"rendezvous_timeout must be a datetime.timedelta or None, got {given!r}")
+    if given <= timedelta(0):
+        raise ValueError(f"rendezvous_timeout={given!r} must be positive (from {_RENDEZVOUS_VARIABLE} or launch())")
+    return given
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -238,7 +276,7 @@ def _join(
     num_machines: int,
     main_func: Callable[..., Any],
     args: tuple[Any, ...],
-    timeout: timedelta,
+    timeouts: tuple[timedelta, timedelta],
 ) -> None:
     """Run ``main_func`` in this process, one of the processes a launcher created."""
     if env.launcher == "slurm" and "SLURM_STEP_ID" not in os.environ:
@@ -267,4 +305,4 @@ def _join(
             env = replace(env, master_addr=url[0], master_port=url[1])
     if env.launcher == "slurm":  # Lightning's SLURMEnvironment refuses SLURM_NTASKS > 1 without it
         os.environ.setdefault("SLURM_NTASKS_PER_NODE", str(env.local_world_size))
-    run_in_process(env, main_func, args, timeout)
+    run_in_process(env, main_func, args, *timeouts)

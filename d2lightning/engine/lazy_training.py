@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["do_test", "do_train", "main", "setup"]
+__all__ = ["do_test", "do_train", "load_config", "main", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +41,24 @@ TRAIN_KEYS = (
 )  # fmt: skip
 
 
-def setup(args: Any) -> Any:
-    """Load ``args.config_file`` (a file, or a built-in config name such as ``shapes_detector.py``), apply
-    ``args.opts`` (``a.b=c``), run ``default_setup``; returns the config."""
+def load_config(args: Any) -> Any:
+    """Load ``args.config_file`` (a file, or a built-in config name such as ``shapes_detector.py``) and apply
+    ``args.opts`` (``a.b=c``); returns the config, checked for what training reads."""
     from d2lightning.config import LazyConfig
-    from d2lightning.engine.defaults import default_setup
     from d2lightning.model_zoo import resolve_config_file
 
     args.config_file = resolve_config_file(args.config_file)
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     _check_layout(cfg, args.config_file)
+    return cfg
+
+
+def setup(args: Any, cfg: Any = None) -> Any:
+    """:func:`load_config` (unless ``cfg`` is given), then ``default_setup``; returns the config."""
+    from d2lightning.engine.defaults import default_setup
+
+    cfg = load_config(args) if cfg is None else cfg
     default_setup(cfg, args)
     return cfg
 

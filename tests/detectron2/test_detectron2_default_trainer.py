@@ -147,7 +147,7 @@ def test_default_trainer_builds_with_detectron2s_factories(detectron2_run: Path,
     }
     assert [f"{type(h).__module__.split('.')[0]}.{type(h).__name__}" for h in trainer._hooks] == [
         "d2lightning.IterationTimer", "d2lightning.LRScheduler", "d2lightning.PeriodicCheckpointer",
-        "d2lightning.EvalHook", "d2lightning.PeriodicWriter",
+        "d2lightning.EvalHook", "d2lightning.PeriodicWriter", "d2lightning.SigtermCheckpoint",
     ]  # fmt: skip
     assert trainer.lightning_kwargs == {"accelerator": "cpu"}  # from MODEL.DEVICE "cpu"
     accelerators: list[Any] = []

@@ -14,6 +14,7 @@ from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.config import get_cfg
 from d2lightning.engine import DefaultTrainer, HookBase, hooks
 from d2lightning.engine.progress import IterationProgressBar
+from d2lightning.engine.termination import SigtermCheckpoint
 from d2lightning.evaluation import COCOEvaluator, DatasetEvaluator
 from d2lightning.utils import comm
 from d2lightning.utils.env import seed_all_rng
@@ -92,6 +93,7 @@ def test_build_hooks_order_is_detectron2s(tmp_path):
         hooks.EvalHook,
         hooks.PeriodicWriter,
         IterationProgressBar,  # LIGHTNING.PROGRESS_BAR: a Lightning callback after the hooks
+        SigtermCheckpoint,  # d2lightning: outside Slurm, SIGTERM stops with a checkpoint (last, after every hook)
     ]
     ckpt, evaluation, writer = trainer._hooks[2], trainer._hooks[3], trainer._hooks[4]
     assert ckpt.period == 3 and ckpt.max_to_keep is None and ckpt.checkpointer is trainer.checkpointer
@@ -111,6 +113,7 @@ def test_build_hooks_with_precise_bn_and_off_the_main_process(tmp_path, monkeypa
         hooks.PeriodicCheckpointer,
         hooks.EvalHook,
         hooks.PeriodicWriter,
+        SigtermCheckpoint,
     ]
     assert trainer._hooks[3].gather_rng_states  # every rank's RNG states go into the checkpoint
     monkeypatch.setattr(comm, "is_main_process", lambda: False)
@@ -122,6 +125,7 @@ def test_build_hooks_with_precise_bn_and_off_the_main_process(tmp_path, monkeypa
         hooks.PreciseBN,
         hooks.PeriodicCheckpointer,
         hooks.EvalHook,
+        SigtermCheckpoint,
     ]
 
 

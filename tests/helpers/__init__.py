@@ -8,6 +8,7 @@
 - :mod:`tests.helpers.distributed`: passing results from worker processes back to the test.
 - :mod:`tests.helpers.logs`: putting process-wide logger configuration back; the records of a ``log.txt``.
 - :mod:`tests.helpers.slurm_cluster`: the local Slurm cluster of ``scripts/slurm/``.
+- :mod:`tests.helpers.cli`: the ``d2lightning`` command in a subprocess (``tests/jobs/cli_job.py``).
 
 This module itself imports nothing heavy (no torch): job scripts in ``tests/jobs/`` import it.
 """

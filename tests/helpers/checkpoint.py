@@ -1,8 +1,13 @@
-"""Helpers shared by the checkpoint tests: a position-seeded loader and a fit in either run mode."""
+"""Helpers shared by the checkpoint tests: a position-seeded loader, a fit in either run mode, and ways to
+damage a checkpoint file."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import random
+import struct
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,3 +49,53 @@ def fit(
 
 def files(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
+
+
+# ---- damaging a checkpoint file, as disks, kills and users do -------------------------------------------------
+
+
+def _data_offset(path: Path, record: str) -> int:
+    """Where the bytes of zip record ``record`` start in ``path``."""
+    with zipfile.ZipFile(path) as archive:
+        offset = archive.getinfo(record).header_offset
+    header = path.read_bytes()[offset : offset + 30]
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return offset + 30 + name_length + extra_length
+
+
+def _largest_tensor(path: Path) -> str:
+    with zipfile.ZipFile(path) as archive:
+        tensors = [i for i in archive.infolist() if "/data/" in i.filename]
+        return max(tensors, key=lambda i: i.file_size).filename
+
+
+def flip_bytes(path: Path) -> None:
+    """Invert 64 bytes inside the largest tensor's data (or up to its end, for a small one)."""
+    data = bytearray(path.read_bytes())
+    record = _largest_tensor(path)
+    with zipfile.ZipFile(path) as archive:
+        size = archive.getinfo(record).file_size
+    start = _data_offset(path, record)
+    end = start + min(64, size)
+    data[start:end] = bytes(b ^ 0xFF for b in data[start:end])
+    path.write_bytes(bytes(data))
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def plain_text(path: Path) -> None:
+    path.write_text("this is not a checkpoint\n")
+
+
+def plain_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"model": {"w": [1.0, 2.0]}}))

@@ -26,6 +26,7 @@ from d2lightning.engine import SimpleTrainer, hooks
 from d2lightning.slurm import SlurmPreemption, TrainingPreempted
 from tests.helpers import REPO
 from tests.helpers.distributed import LAUNCHER_VARS
+from tests.jobs.cli_job import RaiseSignalAt
 from tests.jobs.preemption_job import Regressor, Stream
 
 JOB = REPO / "tests" / "jobs" / "preemption_job.py"
@@ -161,17 +162,6 @@ def test_two_ranks_agree_when_only_rank0_gets_the_signal(tmp_path: Path) -> None
 # ---- in this process: the hook's decisions and files, signals raised from inside training -----------------
 
 
-class _RaiseAt:
-    """Raise ``signum`` in this process after iteration ``at`` (the hook's handler is in place by then)."""
-
-    def __init__(self, at: int, signum: int = signal.SIGUSR1) -> None:
-        self.at, self.signum = at, signum
-
-    def after_step(self) -> None:
-        if self.trainer.iter == self.at:  # type: ignore[attr-defined]
-            signal.raise_signal(self.signum)
-
-
 def _in_process_run(out: Path, max_iter: int, raise_at: int | None) -> SimpleTrainer:
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -180,7 +170,7 @@ def _in_process_run(out: Path, max_iter: int, raise_at: int | None) -> SimpleTra
     trainer.register_hooks(
         [
             hooks.PeriodicCheckpointer(checkpointer, 8),
-            _RaiseAt(raise_at) if raise_at is not None else None,
+            RaiseSignalAt(raise_at, signal.SIGUSR1) if raise_at is not None else None,
             SlurmPreemption(check_period=10),
         ]
     )
@@ -241,7 +231,9 @@ def test_preemption_at_a_periodic_checkpoint_keeps_that_checkpoint(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     trainer = SimpleTrainer(model, Stream(0), optimizer)
     checkpointer = DetectionCheckpointer(model, str(out), trainer=trainer)
-    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, 5), _RaiseAt(2), SlurmPreemption(check_period=5)])
+    trainer.register_hooks(
+        [hooks.PeriodicCheckpointer(checkpointer, 5), RaiseSignalAt(2, signal.SIGUSR1), SlurmPreemption(check_period=5)]
+    )
     with pytest.raises(TrainingPreempted):
         trainer.train(0, 20)
     assert _checkpoint_files(out) == ["last_checkpoint", "model_0000004.pth"]  # saved again, not temporary
