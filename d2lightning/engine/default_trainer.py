@@ -36,7 +36,7 @@ from d2lightning.evaluation import (
     verify_results,
 )
 from d2lightning.layers.batch_norm import get_bn_modules
-from d2lightning.slurm.lightning_setup import add_slurm_plugin, termination_hook
+from d2lightning.slurm.lightning_setup import termination_hook
 from d2lightning.utils import comm
 from d2lightning.utils.events import EventWriter
 from d2lightning.utils.logger import setup_logger
@@ -135,7 +135,6 @@ class DefaultTrainer(TrainerBase):
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
         self.register_hooks([termination_hook()])  # last: stops after every other hook's after_step
-        add_slurm_plugin(self.lightning_kwargs)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR``'s last checkpoint if ``resume`` and one exists, else load ``MODEL.WEIGHTS``.

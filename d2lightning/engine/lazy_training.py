@@ -12,8 +12,10 @@ The config has detectron2's layout (``configs/common/train.py``):
   ``SimpleTrainer``), ``ddp`` (``create_ddp_model`` arguments), ``checkpointer`` (``PeriodicCheckpointer``
   arguments: ``period``, ``max_to_keep``), ``eval_period``, ``log_period``, ``device``, ``seed``.
 
-The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (main
-process), ``EvalHook``, ``PeriodicWriter`` (main process). ``--resume`` continues from the last checkpoint in
+The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (on
+every rank here, so that checkpoints hold every rank's RNG states; it writes on the main process only),
+``EvalHook``, ``PeriodicWriter`` (main process) — and, last, the signal hook ``DefaultTrainer`` also registers
+(SIGTERM, or Slurm's preemption signals: a checkpoint at an iteration boundary). ``--resume`` continues from the last checkpoint in
 ``train.output_dir``; ``--eval-only`` evaluates ``train.init_checkpoint`` (with ``--resume``, the last checkpoint).
 
 Example::
@@ -82,6 +84,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     from d2lightning.checkpoint import DetectionCheckpointer
     from d2lightning.config.instantiate import instantiate_at
     from d2lightning.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+    from d2lightning.slurm.lightning_setup import termination_hook
     from d2lightning.utils import comm
 
     model = instantiate_at(cfg, "model")
@@ -104,11 +107,14 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
+            # on every rank (detectron2: the main process; files are written there either way), so that the
+            # checkpoint holds every rank's RNG states
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer, gather_rng_states=True),
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process
             else None,
+            termination_hook(),  # SIGTERM (or Slurm's signals): a checkpoint at an iteration boundary
         ]
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-from d2lightning.slurm.lightning_setup import add_slurm_support, preemption_enabled
+from d2lightning.slurm.lightning_setup import preemption_enabled, termination_hook
 from d2lightning.slurm.preemption import SlurmPreemption
 from d2lightning.slurm.scontrol import requeue_job, requeue_pending, scontrol_executable, slurm_job_id
 
@@ -122,30 +122,35 @@ def test_preemption_enabled(environ: dict[str, str], enabled: bool) -> None:
     assert preemption_enabled(environ) is enabled
 
 
-def test_outside_slurm_nothing_is_added(fake_scontrol) -> None:  # type: ignore[no-untyped-def]
-    kwargs: dict[str, object] = {"callbacks": []}
-    add_slurm_support(kwargs)
-    assert kwargs == {"callbacks": []}
+@pytest.mark.parametrize(
+    ("environ", "hook"),
+    [
+        ({}, "SigtermCheckpoint"),
+        ({"SLURM_JOB_ID": "7"}, "SlurmPreemption"),
+        ({"SLURM_JOB_ID": "7", "D2L_SLURM_PREEMPTION": "0"}, None),
+    ],
+)
+def test_the_termination_hook_depends_on_where_the_run_is(environ: dict[str, str], hook: str | None) -> None:
+    got = termination_hook(environ)
+    assert (type(got).__name__ if got is not None else None) == hook
+    if isinstance(got, SlurmPreemption):
+        assert got.check_period == 20
 
 
-def test_inside_an_srun_step_lightning_auto_requeue_is_off(monkeypatch: pytest.MonkeyPatch, fake_scontrol) -> None:  # type: ignore[no-untyped-def]
+def test_a_given_cluster_environment_is_kept_inside_slurm(monkeypatch: pytest.MonkeyPatch, fake_scontrol) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from d2lightning.engine import SimpleTrainer
+    from tests.jobs.preemption_job import Regressor, Stream
+
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train"}.items():
         monkeypatch.setenv(key, value)
-    kwargs: dict[str, object] = {"callbacks": []}
-    add_slurm_support(kwargs)
-    (plugin,) = kwargs["plugins"]  # type: ignore[misc]
-    assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue is False
-    (hook,) = kwargs["callbacks"]  # type: ignore[misc]
-    assert isinstance(hook, SlurmPreemption) and hook.check_period == 20
-
-
-def test_given_cluster_environment_and_hook_are_kept(monkeypatch: pytest.MonkeyPatch, fake_scontrol) -> None:  # type: ignore[no-untyped-def]
-    for key, value in {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train"}.items():
-        monkeypatch.setenv(key, value)
-    mine, environment = SlurmPreemption(check_period=5), LightningEnvironment()
-    kwargs: dict[str, object] = {"callbacks": [mine], "plugins": environment}
-    add_slurm_support(kwargs)
-    assert kwargs == {"callbacks": [mine], "plugins": environment}
+    environment = LightningEnvironment()
+    model = Regressor()
+    trainer = SimpleTrainer(model, Stream(0), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.lightning_kwargs = {"plugins": [environment]}
+    trainer.train(0, 1)
+    assert trainer.lightning_trainer._accelerator_connector.cluster_environment is environment
 
 
 def test_trainer_of_a_slurm_step_uses_slurm_environment_without_auto_requeue(
