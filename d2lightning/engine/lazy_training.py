@@ -15,8 +15,9 @@ The config has detectron2's layout (``configs/common/train.py``):
 The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (on
 every rank here, so that checkpoints hold every rank's RNG states; it writes on the main process only),
 ``EvalHook``, ``PeriodicWriter`` (main process) — and, last, the signal hook ``DefaultTrainer`` also registers
-(SIGTERM, or Slurm's preemption signals: a checkpoint at an iteration boundary). ``--resume`` continues from the last checkpoint in
-``train.output_dir``; ``--eval-only`` evaluates ``train.init_checkpoint`` (with ``--resume``, the last checkpoint).
+(SIGTERM, or Slurm's preemption signals: a checkpoint at an iteration boundary). ``--resume`` continues from the
+last checkpoint in ``train.output_dir``; ``--eval-only`` evaluates ``train.init_checkpoint`` (with ``--resume``,
+the last checkpoint).
 
 Example::
 
