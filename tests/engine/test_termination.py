@@ -112,7 +112,7 @@ def test_the_signal_hook_depends_on_where_the_run_is(environ: dict[str, str], ex
     assert type(termination_hook(environ)) is expected
 
 
-def test_default_trainer_registers_the_hook_and_the_slurm_plugin(
+def test_default_trainer_registers_the_hook_and_runs_without_lightnings_auto_requeue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -121,14 +121,14 @@ def test_default_trainer_registers_the_hook_and_the_slurm_plugin(
         monkeypatch.delenv(key, raising=False)
     plain = DefaultTrainer(tiny_cfg(tmp_path / "plain"))
     assert isinstance(plain._hooks[-1], SigtermCheckpoint)
-    assert "plugins" not in plain.lightning_kwargs
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    in_slurm = DefaultTrainer(tiny_cfg(tmp_path / "slurm"))
+    in_slurm = DefaultTrainer(tiny_cfg(tmp_path / "slurm", "SOLVER.MAX_ITER", "1"))
     assert isinstance(in_slurm._hooks[-1], SlurmPreemption)
-    [plugin] = in_slurm.lightning_kwargs["plugins"]
-    assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue is False
+    in_slurm.train()
+    environment = in_slurm.lightning_trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
 
 
 # ---- the d2lightning command, in subprocesses ---------------------------------------------------------------------
