@@ -160,7 +160,11 @@ class StopOnSignal(HookBase):
 
     def _stop(self, action: int) -> None:
         it = self.trainer.iter
-        saved = self._save(it) if self.saves(action) else None
+        saves = self.saves(action)
+        gather = getattr(self.trainer, "gather_rng_states", None)
+        if saves and callable(gather):  # every rank is here (the decision was broadcast): a collective is safe
+            gather()  # the checkpoint holds every rank's RNG states
+        saved = self._save(it) if saves else None
         comm.synchronize()  # the checkpoint is complete before anyone leaves
         code, message = self.finish(action, it, saved)
         logger.warning(message)  # rank 0 on the console; every rank in its log file
@@ -176,9 +180,6 @@ class StopOnSignal(HookBase):
         name = f"model_{it:07d}.pth"
         save_dir = _save_dir(checkpointer)
         existed = save_dir is not None and os.path.exists(os.path.join(save_dir, name))
-        gather = getattr(self.trainer, "gather_rng_states", None)
-        if callable(gather):  # every rank is here (the decision was broadcast): the checkpoint holds every rank's
-            gather()
         checkpointer.save(name[: -len(".pth")], iteration=it)
         if save_dir is None:
             return None
