@@ -1,6 +1,6 @@
 """detectron2's ``engine`` on PyTorch Lightning: ``from d2lightning.engine import SimpleTrainer, hooks``."""
 
-from d2lightning.engine import hooks
+from d2lightning.engine import hooks, train_loop
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.ddp import create_ddp_model
 from d2lightning.engine.default_trainer import DefaultTrainer
@@ -52,4 +52,5 @@ __all__ = [
     "default_writers",
     "hooks",
     "launch",
+    "train_loop",
 ]
