@@ -8,7 +8,8 @@ Lightning user configures on the Trainer is honoured or refused at once:
 * ``accumulate_grad_batches=N`` becomes detectron2-style accumulation (``N`` micro-batches per iteration, one
   optimizer step; ``max_steps`` and ``global_step`` keep counting optimizer steps), ``gradient_clip_val`` clips
   before each optimizer step — Lightning refuses both under manual optimization otherwise;
-* ``*-true`` precisions convert the batches as they convert the weights;
+* ``*-true`` precisions convert the batches as they convert the weights (a model that then computes in another
+  dtype inside fails with a message saying so);
 * ``fit(ckpt_path="last")`` also finds the ``last_checkpoint`` of detectron2's ``PeriodicCheckpointer``;
 * data given to the Trainer is what the step trains on (see :mod:`d2lightning.engine.lightning_data`), and
   validation that could never run on an endless stream is an error naming the setting that makes it run;
@@ -85,6 +86,7 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
         self._adopted: dict[str, Any] | None = None  # the Trainer options taken over for the current fit
         self._clip: tuple[float, str | None] | None = None
         self._lean: _lightning.LeanTrainingLoop | None = None
+        self._converts_weights = False  # a *-true precision: Lightning converted the weights
 
     # ------------------------------------------------------------ the Trainer's options, before anything runs
     @property
@@ -164,6 +166,7 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             )
         self._run = TrainingRun.attach(trainer, self.d2_trainer, as_callback)
         self._run.on_close.append(self._end_of_fit)
+        self._converts_weights = batch_converter(trainer) is not None
         if lightning_data:
             self._batches = LightningBatches(trainer, self)
             step_trainer._data_loader_iter_obj = self._batches
@@ -201,13 +204,23 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
 
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
         batches = self._batches
-        if batches is None:
-            next(dataloader_iter)
-            self.d2_trainer.run_step()
-        else:
-            batches.start_step(dataloader_iter)
-            self.d2_trainer.run_step()
-            batches.end_step()
+        try:
+            if batches is None:
+                next(dataloader_iter)
+                self.d2_trainer.run_step()
+            else:
+                batches.start_step(dataloader_iter)
+                self.d2_trainer.run_step()
+                batches.end_step()
+        except RuntimeError as e:
+            if self._converts_weights and _is_dtype_error(e):
+                raise RuntimeError(
+                    f"Trainer(precision={self.trainer.precision!r}) converted the weights and the batches' floating "
+                    f"tensors, but the model computed in another dtype inside ({e}). Make the model follow the dtype "
+                    "of its weights (e.g. images.to(self.pixel_mean.dtype)), or use a mixed precision such as "
+                    "'bf16-mixed'"
+                ) from e
+            raise
         self._count_iteration()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -328,6 +341,12 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             if path and os.path.isfile(path) and path not in found and holds_lightning_state(path):
                 found.append(path)
         return max(found, key=os.path.getmtime) if found else None
+
+
+def _is_dtype_error(error: RuntimeError) -> bool:
+    """Whether torch refused an operation for mixing dtypes."""
+    message = str(error)
+    return any(s in message for s in ("dtype", "should be the same", "scalar type", "Expected object of scalar"))
 
 
 def _silence_own_choices(on: bool) -> None:

@@ -9,6 +9,9 @@ checkpointer, ``*-true`` precisions, ``Trainer(accumulate_grad_batches=N)`` and 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import D2LightningModule, SimpleTrainer, hooks
+from tests.helpers import REPO
+from tests.helpers.distributed import LAUNCHER_VARS, free_port, read_results
 from tests.helpers.training import Recorder, expected_calls, lightning_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -436,3 +441,50 @@ def test_self_log_while_training_needs_no_batch_size() -> None:
     losses = [v for v, _ in module.d2_trainer.storage.history("total_loss").values()]
     assert float(trainer.callback_metrics["mirror_step"]) == pytest.approx(losses[-1])
     assert float(trainer.callback_metrics["mirror_epoch"]) == pytest.approx(sum(losses) / 4)  # iterations weigh alike
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_on_disjoint_samples(tmp_path: Path) -> None:
+    """Lightning's distributed sampler goes into the user's map-style loader: each rank sees its own half."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_PORT=str(free_port()))
+    job = REPO / "tests" / "jobs" / "lightning_ddp_job.py"
+    proc = subprocess.run(
+        [sys.executable, str(job), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = read_results(tmp_path, 2)
+    assert len(r0["seen"]) == len(r1["seen"]) == 8  # 4 iterations of 2 samples on each rank
+    assert not set(r0["seen"]) & set(r1["seen"])
+    assert sorted(r0["seen"] + r1["seen"]) == list(range(16))
+    assert r0["global_step"] == r1["global_step"] == 4
+    assert r0["weight"] == r1["weight"]  # gradients averaged across ranks
+
+
+def test_a_model_that_leaves_the_true_precision_inside_gets_a_clear_error() -> None:
+    class Float32Inside(IndexModel):
+        def forward(self, batch: Any) -> Any:
+            index, x = batch
+            return {"loss": self.linear(x.float()).mean()}  # x.float(): back to float32 against bfloat16 weights
+
+    model = Float32Inside()
+    module = D2LightningModule(model, endless(), torch.optim.SGD(model.parameters(), 0.1))
+    with pytest.raises(RuntimeError, match=r"precision='bf16-true'\) converted the weights .* 'bf16-mixed'"):
+        lightning_trainer(2, precision="bf16-true").fit(module)
+
+
+# ---------------------------------------------------------------- the same idioms through SimpleTrainer.train
+def test_simple_trainer_train_with_lightning_options_and_a_loss_monitor(tmp_path: Path) -> None:
+    """Lightning's options in ``lightning_kwargs`` and monitors in ``register_hooks`` behave as in a Trainer."""
+    model = IndexModel()
+    trainer = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), 0.1))
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="total_loss", every_n_train_steps=1, save_top_k=1)
+    trainer.register_hooks([best])
+    trainer.lightning_kwargs = {"precision": "bf16-true", "accumulate_grad_batches": 2}
+    trainer.train(0, 3)
+    assert model.linear.weight.dtype == torch.bfloat16
+    assert model.dtypes == [torch.bfloat16] * 6  # 3 iterations of 2 micro-batches, converted
+    assert trainer.lightning_trainer.global_step == 3
+    assert best.best_model_path and Path(best.best_model_path).exists()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert float(best.best_model_score) == pytest.approx(min(losses))
