@@ -464,7 +464,7 @@ def test_two_ddp_processes_train_on_disjoint_samples(tmp_path: Path) -> None:
 def test_a_model_that_leaves_the_true_precision_inside_gets_a_clear_error() -> None:
     class Float32Inside(IndexModel):
         def forward(self, batch: Any) -> Any:
-            index, x = batch
+            _, x = batch
             return {"loss": self.linear(x.float()).mean()}  # x.float(): back to float32 against bfloat16 weights
 
     model = Float32Inside()
