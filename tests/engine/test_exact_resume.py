@@ -73,3 +73,22 @@ def test_two_processes_need_every_ranks_states(tmp_path: Path) -> None:
     _run(tmp_path / "stopped", 40, 2, 0, gather=False)
     straight, resumed = _final(tmp_path / "straight"), _final(tmp_path / "stopped")
     assert not all(torch.equal(w, resumed["model"][k]) for k, w in straight["model"].items())
+
+
+@pytest.mark.slow
+def test_the_demo_with_random_flips_in_two_workers_resumes_exactly(tmp_path: Path) -> None:
+    """``d2lightning train`` on the demo, random flips on, 2 DataLoader workers: stopped by SIGTERM after iteration 3
+    (a checkpoint), then ``--resume`` in a fresh process, it ends with the weights of an uninterrupted run."""
+    from tests.helpers.cli import demo_args, run_cli
+
+    opts = ["INPUT.RANDOM_FLIP", "horizontal", "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", "8"]
+    stop_at_3 = ["LIGHTNING.CALLBACKS", "[{class_path: tests.jobs.cli_job.RaiseSignalAt, init_args: {at: 3}}]"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli(demo_args(straight, *opts)).returncode == 0
+    assert run_cli(demo_args(stopped, *opts, *stop_at_3)).returncode == 143
+    proc = run_cli(["train", "--resume", *demo_args(stopped, *opts)[1:]])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(straight / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(stopped / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
