@@ -22,7 +22,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from d2lightning.engine.run import HOOK_METHODS, TrainingRun, view_of
+from d2lightning.engine.run import HOOK_METHODS, TrainingRun
+from d2lightning.engine.trainer_view import view_of
 
 __all__ = ["HookBase", "HookCallback", "as_callback"]
 

@@ -54,11 +54,12 @@ from lightning.pytorch.callbacks import Callback
 
 from d2lightning import _compat
 from d2lightning.engine import _lightning
+from d2lightning.engine.training_state import attach_training_state
 from d2lightning.utils import comm
 from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 
-__all__ = ["HOOK_METHODS", "LightningTrainerView", "TrainingRun", "call_hooks"]
+__all__ = ["HOOK_METHODS", "TrainingRun", "call_hooks"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class TrainingRun(Callback):
 
     Args:
         owner: the detectron2-style trainer the hooks see as ``self.trainer`` (a ``TrainerBase``, or a
-            :class:`LightningTrainerView` for a LightningModule that is not d2lightning's).
+            :class:`~d2lightning.engine.trainer_view.LightningTrainerView` for a LightningModule that is not
+            d2lightning's).
     """
 
     def __init__(self, owner: Any) -> None:
@@ -282,7 +284,7 @@ class TrainingRun(Callback):
         self.storage.scalar_listener = self._publish
         owner.storage = self.storage
         self.phase = _TRAINING
-        self.checkpointers = _attach_training_state(self, _checkpointers_of(owner))
+        self.checkpointers = attach_training_state(self, owner)
 
     def _finish(self) -> None:
         """detectron2's ``after_train`` (the owner's: every hook, in order), then close — whatever happens."""
@@ -373,113 +375,3 @@ def _rng_states_of_this_rank(saved: Mapping[str, Any]) -> Mapping[str, Any] | No
         "stream, so its random draws differ from an uninterrupted run"
     )
     return None
-
-
-def _checkpointers_of(owner: Any) -> list[Any]:
-    """The d2lightning checkpointers this run's hooks and trainer save with (those that can hold Lightning state)."""
-    found: list[Any] = []
-    for holder in [owner, *owner._hooks]:
-        checkpointer = getattr(holder, "checkpointer", None)
-        checkpointer = getattr(checkpointer, "checkpointer", checkpointer)  # fvcore's PeriodicCheckpointer wraps one
-        if hasattr(checkpointer, "training_state") and all(c is not checkpointer for c in found):
-            found.append(checkpointer)
-    return found
-
-
-def _attach_training_state(run: TrainingRun, checkpointers: list[Any]) -> list[Any]:
-    """Let every checkpointer of the fitted model add the fit's full Lightning state to the files it writes."""
-    pl_module = run.pl_trainer.lightning_module  # type: ignore[union-attr]
-    modules = {id(m) for m in pl_module.modules()}
-    attached = []
-    for checkpointer in checkpointers:
-        if id(checkpointer.model) in modules:
-            checkpointer.training_state = _TrainingState(run)
-            attached.append(checkpointer)
-    return attached
-
-
-class _TrainingState:
-    """What a checkpointer calls to get the running fit's Lightning state (see ``Checkpointer.training_state``)."""
-
-    def __init__(self, run: TrainingRun) -> None:
-        self._run = weakref.ref(run)
-
-    def __call__(self) -> dict[str, Any] | str:
-        """The state ``Trainer.save_checkpoint`` would write, or why it cannot be given on this process."""
-        run = self._run()
-        pl_trainer = run.pl_trainer if run is not None else None
-        if pl_trainer is None:
-            return {}
-        strategy = pl_trainer.strategy
-        if not _holds_full_state(pl_trainer):
-            return (
-                f"Checkpoints written under {type(strategy).__name__} hold detectron2's keys only: that strategy "
-                "gathers the full Lightning state collectively. Use lightning's ModelCheckpoint for files that "
-                "Trainer.fit(ckpt_path=...) can resume from."
-            )
-        return _lightning.dump_training_state(pl_trainer)
-
-
-_PER_PROCESS_METHODS = ("optimizer_state", "lightning_module_state_dict", "save_checkpoint")
-
-
-def _holds_full_state(pl_trainer: pl.Trainer) -> bool:
-    """Whether every process holds the full training state (single device, DDP): no sharded strategy/optimizer."""
-    from lightning.pytorch.strategies.strategy import Strategy
-
-    strategy = pl_trainer.strategy
-    if any(getattr(type(strategy), name) is not getattr(Strategy, name) for name in _PER_PROCESS_METHODS):
-        return False
-    return not any(hasattr(opt, "consolidate_state_dict") for opt in pl_trainer.optimizers)
-
-
-class LightningTrainerView:
-    """The detectron2-style trainer hooks see when the LightningModule is not d2lightning's.
-
-    ``model`` is the LightningModule, ``optimizer`` Lightning's first optimizer (None without one), ``data_loader``
-    Lightning's train dataloader; ``iter``, ``start_iter``, ``max_iter`` and ``storage`` follow the fit.
-    """
-
-    def __init__(self, pl_module: pl.LightningModule) -> None:
-        self._module = pl_module
-        self._hooks: list[Any] = []
-        self._run: TrainingRun | None = None
-        self.iter = self.start_iter = self.max_iter = 0
-        self.storage: EventStorage | None = None
-        self.lightning_trainer: pl.Trainer | None = None
-
-    @property
-    def model(self) -> pl.LightningModule:
-        return self._module
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer | None:
-        optimizers = self._module.trainer.optimizers
-        return optimizers[0] if optimizers else None
-
-    @property
-    def data_loader(self) -> Any:
-        return self._module.trainer.train_dataloader
-
-    def before_train(self) -> None:
-        call_hooks(self._hooks, "before_train")
-
-    def after_train(self) -> None:
-        self.storage.iter = self.iter  # type: ignore[union-attr]
-        call_hooks(self._hooks, "after_train")
-
-    def before_step(self) -> None:
-        pass  # the hooks' before_step come from Lightning
-
-    def after_backward(self) -> None:
-        if self._run is not None:
-            self._run.after_backward()
-
-
-def view_of(pl_module: pl.LightningModule) -> Any:
-    """The detectron2-style trainer of ``pl_module``: its ``d2_trainer``, or a :class:`LightningTrainerView`."""
-    owner = getattr(pl_module, "d2_trainer", None)
-    if owner is None:
-        owner = LightningTrainerView(pl_module)
-        object.__setattr__(pl_module, "d2_trainer", owner)
-    return owner
