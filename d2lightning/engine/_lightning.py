@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 __all__ = [
     "LeanTrainingLoop",
     "QuickFxName",
+    "before_batch_transfer",
     "callback_metrics_of",
     "dump_training_state",
     "iteration_counter",
@@ -69,6 +70,16 @@ def callback_metrics_of(pl_trainer: pl.Trainer) -> dict[str, Any]:
     writing a value per training scalar through it would pay that each time.
     """
     return pl_trainer._logger_connector._callback_metrics
+
+
+def before_batch_transfer(pl_module: pl.LightningModule, batch: Any) -> Any:
+    """Lightning's ``on_before_batch_transfer`` hook for a training batch: the datamodule's when it overrides it and
+    the module does not, else the module's (Lightning's own choice, with its warning when both do).
+
+    Uses ``LightningModule._on_before_batch_transfer``, what Lightning's training loop calls; the public hook of
+    the module alone would skip a datamodule's.
+    """
+    return pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
 
 
 def dump_training_state(pl_trainer: pl.Trainer) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import Precision
 
+from d2lightning.engine import _lightning
+
 __all__ = ["LightningBatches", "batch_converter", "check_validation_runs"]
 
 _NOTHING = object()
@@ -31,10 +33,11 @@ class LightningBatches:
 
     Each ``next()`` fetches one batch from the current step's ``dataloader_iter`` (so a step with gradient
     accumulation takes several), converts it with the precision plugin and moves it to the device through the
-    module's batch-transfer hooks. When an epoch ends in the middle of a step, ``next()`` raises ``StopIteration``
-    (the step ends with the micro-batches it has); a step that gets no batch at all is an error. For a loader
-    without a length, one batch is fetched ahead at the end of each step, so that Lightning knows when the epoch
-    is over before it starts another step.
+    batch-transfer hooks (the module's, or the datamodule's), in the order of Lightning's own training loop.
+    When an epoch ends in the middle of a step, ``next()`` raises ``StopIteration`` (the step ends with the
+    micro-batches it has); a step that gets no batch at all is an error. For a loader without a length, one batch
+    is fetched ahead at the end of each step, so that Lightning knows when the epoch is over before it starts
+    another step.
 
     Args:
         pl_trainer: the Trainer of the fit.
@@ -80,9 +83,8 @@ class LightningBatches:
         self._taken += 1
         if self._convert is not None:
             batch = self._convert(batch)
-        module = self._module
-        batch = module.on_before_batch_transfer(batch, 0)
-        return self._trainer.strategy.batch_to_device(batch)
+        batch = _lightning.before_batch_transfer(self._module, batch)
+        return self._trainer.strategy.batch_to_device(batch)  # transfer_batch_to_device, on_after_batch_transfer
 
     def _fetch(self) -> Any:
         batch, _, _ = next(self._source)

@@ -113,6 +113,38 @@ def test_the_model_trains_on_the_trainers_batches(how: str) -> None:
     assert trainer.global_step == 6
 
 
+@pytest.mark.parametrize("owner", ["datamodule", "module"])
+def test_batch_transfer_hooks_run_once_per_batch_as_in_lightnings_loop(owner: str) -> None:
+    calls: list[str] = []
+
+    def before(batch: Any, dataloader_idx: int) -> Any:
+        calls.append("before")
+        return batch[0] + 100, batch[1]
+
+    def transfer(batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        calls.append("transfer")
+        return batch
+
+    def after(batch: Any, dataloader_idx: int) -> Any:
+        calls.append("after")
+        return batch[0] + 1000, batch[1]
+
+    hooks_of = {
+        "on_before_batch_transfer": before,
+        "transfer_batch_to_device": transfer,
+        "on_after_batch_transfer": after,
+    }
+    module, dm = module_without_loader(), DataModule(n=8)
+    for name, fn in hooks_of.items():
+        setattr(dm if owner == "datamodule" else module, name, fn)
+    if owner == "datamodule":
+        lightning_trainer(2).fit(module, datamodule=dm)
+    else:
+        lightning_trainer(2).fit(module, train_dataloaders=dm.train_dataloader())
+    assert module.model.seen == [1100 + i for i in range(8)]  # each hook once per batch, before then after
+    assert calls == ["before", "transfer", "after"] * 2
+
+
 def test_hooks_count_iterations_and_see_lightnings_batches_in_order() -> None:
     calls: list[Any] = []
     module = module_without_loader()

@@ -65,6 +65,23 @@ def test_iteration_counter_adds_one_to_global_step() -> None:
     assert trainer.global_step == before + 1
 
 
+def test_before_batch_transfer_calls_the_datamodules_hook_when_the_module_has_none() -> None:
+    class DM(pl.LightningDataModule):
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(torch.rand(4, 3), batch_size=2)
+
+        def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+            return batch + 1
+
+    plain = PlainModule()
+    capture = Capture(lambda t: _lightning.before_batch_transfer(t.lightning_module, torch.zeros(1)))
+    lightning_trainer(1, [capture]).fit(plain, datamodule=DM())
+    assert torch.equal(capture.result, torch.ones(1))  # the datamodule's hook
+    capture = Capture(lambda t: _lightning.before_batch_transfer(t.lightning_module, torch.zeros(1)))
+    lightning_trainer(1, [capture]).fit(plain, train_dataloaders=DataLoader(torch.rand(4, 3), batch_size=2))
+    assert torch.equal(capture.result, torch.zeros(1))  # the module's default hook: the batch as it is
+
+
 def test_dump_training_state_is_what_save_checkpoint_writes(tmp_path: Path) -> None:
     capture = Capture(lambda t: sorted(_lightning.dump_training_state(t)))
     trainer = lightning_trainer(2, [capture])
