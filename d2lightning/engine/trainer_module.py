@@ -40,6 +40,7 @@ from d2lightning.utils import comm
 __all__ = ["TrainerModule"]
 
 _MISSING = object()
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 _BATCH_SIZE_POSITION = 9  # LightningModule.log(name, value, prog_bar, ..., add_dataloader_idx, batch_size, ...)
 
 #: Lightning's notices about choices this module makes (a default ``validation_step``, the ``dataloader_iter``
@@ -183,6 +184,7 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
                     "there, use a mixed precision (e.g. 'bf16-mixed'), or give the data to the Trainer"
                 )
             check_validation_runs(trainer, _lightning.val_data_defined(trainer), endless=True)
+            self._warn_unused_transfer_hooks()
 
     def on_train_start(self) -> None:
         _silence_own_choices(False)
@@ -319,6 +321,22 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
     def _step_trainer(self) -> Any:
         """The trainer whose ``run_step`` does the work (``DefaultTrainer`` keeps one as ``_trainer``)."""
         return getattr(self.d2_trainer, "_trainer", self.d2_trainer)
+
+    def _warn_unused_transfer_hooks(self) -> None:
+        """The module's own loader is read inside ``run_step``, past Lightning's batch-transfer hooks: say so when a
+        subclass overrides one (they still run for validation, test and predict)."""
+        overridden = [
+            name for name in _TRANSFER_HOOKS if getattr(type(self), name) is not getattr(pl.LightningModule, name)
+        ]
+        if overridden:
+            warnings.warn(
+                f"{type(self).__qualname__} overrides {', '.join(overridden)}, but training batches from the module's "
+                "own data_loader reach the model as the loader yields them (detectron2 models move their inputs "
+                "themselves), so Lightning does not call it while training. To have it run, give the loader to the "
+                "Trainer: D2LightningModule(model, None, optimizer) and trainer.fit(module, train_dataloaders=loader)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _lightning_gives_data(self, trainer: pl.Trainer) -> bool:
         source = _lightning.train_data_source(trainer)

@@ -145,6 +145,18 @@ def test_batch_transfer_hooks_run_once_per_batch_as_in_lightnings_loop(owner: st
     assert calls == ["before", "transfer", "after"] * 2
 
 
+def test_transfer_hooks_that_cannot_run_on_the_modules_own_loader_are_named_in_a_warning() -> None:
+    class Moving(D2LightningModule):
+        def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+            return batch
+
+    model = IndexModel()
+    module = Moving(model, endless(), torch.optim.SGD(model.parameters(), 0.1))
+    with pytest.warns(UserWarning, match=r"Moving overrides transfer_batch_to_device.*train_dataloaders=loader"):
+        lightning_trainer(2).fit(module)
+    assert module.trainer.global_step == 2  # the warning does not stop training
+
+
 def test_hooks_count_iterations_and_see_lightnings_batches_in_order() -> None:
     calls: list[Any] = []
     module = module_without_loader()
