@@ -81,7 +81,7 @@ def _worker(rank: int, port: int, args: argparse.Namespace, results: Any) -> Non
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from d2lightning.engine.termination import _broadcast_from_main
+    from d2lightning.engine.recipes.termination import _broadcast_from_main
     from d2lightning.utils import comm
 
     dist.init_process_group("gloo", rank=rank, world_size=2)

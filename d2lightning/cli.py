@@ -2,7 +2,7 @@
 ``slurm submit``.
 
 ``d2lightning train`` is detectron2's ``tools/train_net.py`` on d2lightning (and, for a Python config file,
-``tools/lazyconfig_train_net.py``: see :mod:`d2lightning.engine.lazy_training`): the same options
+``tools/lazyconfig_train_net.py``: see :mod:`d2lightning.engine.recipes.lazy_training`): the same options
 (``default_argument_parser``), ``default_setup``, a ``DefaultTrainer`` whose evaluator is the COCO-style box
 evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes or machines. User errors (a bad
 config, an unknown dataset, an unreadable image, a damaged checkpoint, a busy ``OUTPUT_DIR``... see
@@ -121,7 +121,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
     from d2lightning.utils import comm
 
     if str(args.config_file).endswith(".py"):  # a LazyConfig: detectron2's tools/lazyconfig_train_net.py
-        from d2lightning.engine import lazy_training
+        from d2lightning.engine.recipes import lazy_training
 
         lazy_cfg = lazy_training.load_config(args)
         with _output_dir_claimed(lazy_cfg.train.output_dir, args):
@@ -140,7 +140,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
 def _run(cfg: Any, args: argparse.Namespace) -> Any:
     """Train (or evaluate) with the set-up config; returns the evaluation results."""
     from d2lightning.checkpoint import DetectionCheckpointer
-    from d2lightning.engine.startup_checks import check_device
+    from d2lightning.engine.recipes.startup_checks import check_device
     from d2lightning.evaluation import verify_results
     from d2lightning.utils import comm
 
@@ -182,7 +182,7 @@ def _print_final_table(results: dict[str, Any]) -> None:
 def _train_command(args: argparse.Namespace) -> int:
     from d2lightning._argument_parser import default_argument_parser
     from d2lightning.engine import launch
-    from d2lightning.engine.cluster import detect_cluster_environment
+    from d2lightning.engine.distributed.cluster import detect_cluster_environment
 
     dist_url = args.dist_url
     if dist_url == default_argument_parser().get_default("dist_url") and detect_cluster_environment() is not None:

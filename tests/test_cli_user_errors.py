@@ -19,9 +19,9 @@ from d2lightning import cli
 from d2lightning.checkpoint.atomic import atomic_save
 from d2lightning.cli_errors import user_error_message
 from d2lightning.config import apply_overrides, get_cfg
-from d2lightning.engine._workers import RendezvousTimeoutError, wait_for_master
-from d2lightning.engine.cluster import DistributedEnvironment
-from d2lightning.engine.startup_checks import check_device
+from d2lightning.engine.distributed.cluster import DistributedEnvironment
+from d2lightning.engine.distributed.workers import RendezvousTimeoutError, wait_for_master
+from d2lightning.engine.recipes.startup_checks import check_device
 from tests.helpers.checkpoint import random_bytes
 from tests.helpers.cli import demo_args, error_line, run_cli
 from tests.helpers.demo import write_tiny_config

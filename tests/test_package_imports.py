@@ -125,11 +125,11 @@ def test_layers_point_down() -> None:
     graph = import_graph()
     low = ("d2lightning.utils", "d2lightning.checkpoint", "d2lightning.solver", "d2lightning.config")
     engine_core = (
-        "d2lightning.engine._lightning",
-        "d2lightning.engine.run",
+        "d2lightning.engine.lightning._private",
+        "d2lightning.engine.lightning.run",
         "d2lightning.engine.hook_base",
-        "d2lightning.engine.trainer_module",
-        "d2lightning.engine.lightning_trainer",
+        "d2lightning.engine.lightning.trainer_module",
+        "d2lightning.engine.lightning.trainer_factory",
         "d2lightning.engine.trainer_base",
         "d2lightning.engine.simple_trainer",
     )

@@ -2,9 +2,8 @@
 
 from d2lightning.engine import hooks, train_loop
 from d2lightning.engine.amp_trainer import AMPTrainer
-from d2lightning.engine.ddp import create_ddp_model
-from d2lightning.engine.default_trainer import DefaultTrainer
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
+from d2lightning.engine.distributed.ddp import create_ddp_model
 from d2lightning.engine.hook_base import HookBase, HookCallback
 from d2lightning.engine.hooks import (  # detectron2.engine re-exports its hooks too
     AutogradProfiler,
@@ -21,7 +20,8 @@ from d2lightning.engine.hooks import (  # detectron2.engine re-exports its hooks
 )
 from d2lightning.engine.launch import DEFAULT_TIMEOUT, launch
 from d2lightning.engine.module import D2LightningModule
-from d2lightning.engine.predictor import DefaultPredictor
+from d2lightning.engine.recipes.default_trainer import DefaultTrainer
+from d2lightning.engine.recipes.predictor import DefaultPredictor
 from d2lightning.engine.simple_trainer import SimpleTrainer
 from d2lightning.engine.trainer_base import TrainerBase
 

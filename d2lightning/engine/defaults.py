@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from d2lightning._argument_parser import default_argument_parser
-from d2lightning.engine.ddp import create_ddp_model
-from d2lightning.engine.default_trainer import DefaultTrainer
-from d2lightning.engine.predictor import DefaultPredictor
-from d2lightning.engine.writers import default_writers
+from d2lightning.engine.distributed.ddp import create_ddp_model
+from d2lightning.engine.recipes.default_trainer import DefaultTrainer
+from d2lightning.engine.recipes.predictor import DefaultPredictor
+from d2lightning.engine.recipes.writers import default_writers
 from d2lightning.utils import comm
 from d2lightning.utils.env import collect_env_info, seed_all_rng
 from d2lightning.utils.logger import setup_logger

@@ -10,9 +10,9 @@ detectron2          Lightning                             called by
 ``after_train``     ``on_train_end`` / ``on_exception``   the run (the trainer's ``after_train``)
 ==================  ====================================  ==========================================
 
-(:mod:`d2lightning.engine.run` explains why the run calls ``before_train``/``after_train`` itself.) A hook set up
-in a Trainer the user built attaches the fit's :class:`~d2lightning.engine.run.TrainingRun`, so detectron2 hooks
-work with any LightningModule.
+(:mod:`d2lightning.engine.lightning.run` explains why the run calls ``before_train``/``after_train`` itself.)
+A hook set up in a Trainer the user built attaches the fit's
+:class:`~d2lightning.engine.lightning.run.TrainingRun`, so detectron2 hooks work with any LightningModule.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from d2lightning.engine.run import HOOK_METHODS, TrainingRun
-from d2lightning.engine.trainer_view import view_of
+from d2lightning.engine.lightning.run import HOOK_METHODS, TrainingRun
+from d2lightning.engine.lightning.trainer_view import view_of
 
 __all__ = ["HookBase", "HookCallback", "as_callback"]
 
@@ -115,7 +115,7 @@ class HookBase(Callback):
     def idle_lightning_hook(self, hook: str) -> bool:
         """Whether the Lightning hook point ``hook`` only calls a hook method this hook does not define.
 
-        Lightning still calls it; d2lightning's training step skips it (see ``engine/_lightning.py``).
+        Lightning still calls it; d2lightning's training step skips it (see ``engine/lightning/_private.py``).
         """
         method = _METHOD_OF.get(hook)
         return method is not None and _is_base_method(self.d2_hook, method)

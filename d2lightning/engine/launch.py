@@ -10,7 +10,7 @@ Three ways through, decided before anything starts:
 
 * world size 1: ``main_func(*args)`` in this process, nothing else (detectron2's behaviour);
 * a launcher already created the processes (``srun``, torchrun, Lightning's; see
-  :mod:`d2lightning.engine.cluster`) and its world size is ``num_machines * num_gpus_per_machine``: nothing
+  :mod:`d2lightning.engine.distributed.cluster`) and its world size is ``num_machines * num_gpus_per_machine``: nothing
   is started, the group is initialised here and ``main_func`` runs in this process;
 * otherwise ``num_gpus_per_machine`` workers are spawned on this machine (also under one SLURM task per
   machine). Without GPUs they run on CPU over gloo.
@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 import torch
 import torch.distributed as dist
 
-from d2lightning.engine._workers import RendezvousTimeoutError, run_in_process, spawn_workers
-from d2lightning.engine.cluster import (
+from d2lightning.engine.distributed.cluster import (
     DistributedEnvironment,
     detect_cluster_environment,
     lightning_cluster_environment,
 )
+from d2lightning.engine.distributed.workers import RendezvousTimeoutError, run_in_process, spawn_workers
 from d2lightning.utils import comm
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """``D2LightningModule``: a detectron2 model, data and optimizer (or a whole detectron2-style trainer) as a
 LightningModule for any ``lightning.pytorch.Trainer``.
 
-It is :class:`~d2lightning.engine.trainer_module.TrainerModule` with detectron2's ``SimpleTrainer`` built for you:
-``training_step`` is ``SimpleTrainer.run_step`` (fetch, forward, zero_grad, backward, ``after_backward``, metrics,
-optimizer step — detectron2's order, under Lightning's manual optimization), and our hooks, detectron2 hooks
-(``HookCallback``) and Lightning's callbacks go in the Trainer's ``callbacks`` list, in any mix and order.
+It is :class:`~d2lightning.engine.lightning.trainer_module.TrainerModule` with detectron2's ``SimpleTrainer`` built
+for you: ``training_step`` is ``SimpleTrainer.run_step`` (fetch, forward, zero_grad, backward, ``after_backward``,
+metrics, optimizer step — detectron2's order, under Lightning's manual optimization), and our hooks, detectron2
+hooks (``HookCallback``) and Lightning's callbacks go in the Trainer's ``callbacks`` list, in any mix and order.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from d2lightning.engine.lightning.trainer_module import TrainerModule
 from d2lightning.engine.simple_trainer import SimpleTrainer
 from d2lightning.engine.trainer_base import TrainerBase
-from d2lightning.engine.trainer_module import TrainerModule
 
 __all__ = ["D2LightningModule"]
 

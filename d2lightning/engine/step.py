@@ -3,7 +3,7 @@
 ``forward_backward`` is detectron2's ``run_step`` up to the optimizer step — fetch (timed as ``data_time``),
 forward, ``zero_grad`` (after the forward unless ``zero_grad_before_forward``), backward, ``after_backward`` — for
 one batch or, with gradient accumulation, for ``N`` micro-batches. Inside a Lightning run (``trainer._run`` is the
-fit's :class:`~d2lightning.engine.run.TrainingRun`) the backward and the optimizer step go through Lightning
+fit's :class:`~d2lightning.engine.lightning.run.TrainingRun`) the backward and the optimizer step go through Lightning
 (precision plugin, DDP, ``on_after_backward``/``on_before_optimizer_step``); outside one they are plain torch calls.
 """
 

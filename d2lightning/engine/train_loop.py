@@ -15,9 +15,10 @@ Same names, signatures, attributes and semantics as detectron2. The loop is dete
 
 with one difference underneath: ``TrainerBase.train(start_iter, max_iter)`` runs it on a
 ``lightning.pytorch.Trainer``. ``run_step`` is the ``training_step`` of a LightningModule in Lightning's manual
-optimization (:mod:`~d2lightning.engine.trainer_module`), every hook is a Lightning ``Callback``
+optimization (:mod:`~d2lightning.engine.lightning.trainer_module`), every hook is a Lightning ``Callback``
 (:mod:`~d2lightning.engine.hook_base`) that Lightning calls at each step in list order, and a
-:class:`~d2lightning.engine.run.TrainingRun`, first among the callbacks, plays the rest of the loop around them.
+:class:`~d2lightning.engine.lightning.run.TrainingRun`, first among the callbacks, plays the rest of the loop
+around them.
 
 Each class lives in its own module (``hook_base``, ``trainer_base``, ``simple_trainer``, ``amp_trainer``); this
 module gathers them under detectron2's import path.

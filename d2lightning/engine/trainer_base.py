@@ -1,8 +1,8 @@
 """detectron2's ``TrainerBase``: the loop over iterations with hooks, run on a ``lightning.pytorch.Trainer``.
 
-``train(start_iter, max_iter)`` builds a Lightning Trainer (:mod:`d2lightning.engine.lightning_trainer`) whose
-callbacks are a :class:`~d2lightning.engine.run.TrainingRun` followed by the registered hooks, and fits a
-:class:`~d2lightning.engine.trainer_module.TrainerModule`, whose training step is this trainer's ``run_step``.
+``train(start_iter, max_iter)`` builds a Lightning Trainer (:mod:`d2lightning.engine.lightning.trainer_factory`) whose
+callbacks are a :class:`~d2lightning.engine.lightning.run.TrainingRun` followed by the registered hooks, and fits a
+:class:`~d2lightning.engine.lightning.trainer_module.TrainerModule`, whose training step is this trainer's ``run_step``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from d2lightning.engine.lightning_trainer import build_lightning_trainer
-from d2lightning.engine.run import HOOK_METHODS, TrainingRun, call_hooks
-from d2lightning.engine.trainer_module import TrainerModule
+from d2lightning.engine.lightning.run import HOOK_METHODS, TrainingRun, call_hooks
+from d2lightning.engine.lightning.trainer_factory import build_lightning_trainer
+from d2lightning.engine.lightning.trainer_module import TrainerModule
 from d2lightning.utils import comm
 from d2lightning.utils.env import get_rng_states
 from d2lightning.utils.events import EventStorage

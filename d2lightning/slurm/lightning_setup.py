@@ -3,7 +3,7 @@
 No detectron2 counterpart. The callers that compose a run — ``DefaultTrainer`` (hence ``d2lightning train``) and
 the LazyConfig recipe — register :func:`termination_hook` after their other hooks: inside a Slurm job a
 :class:`~d2lightning.slurm.preemption.SlurmPreemption` (unless ``D2L_SLURM_PREEMPTION`` is
-``0``/``false``/``no``/``off``), outside one a :class:`~d2lightning.engine.termination.SigtermCheckpoint`
+``0``/``false``/``no``/``off``), outside one a :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint`
 (SIGTERM: checkpoint, exit 143). Lightning's own Slurm auto-requeue, whose SIGUSR1 handler would save inside the
 handler and race the hook, is switched off by the Trainer ``TrainerBase.train`` builds.
 """
@@ -30,7 +30,7 @@ def termination_hook(environ: Mapping[str, str] | None = None) -> Any:
 
     A :class:`~d2lightning.slurm.preemption.SlurmPreemption` in a Slurm job when :func:`preemption_enabled`;
     None in a Slurm job that switched it off (signals are left to Slurm and Lightning); a
-    :class:`~d2lightning.engine.termination.SigtermCheckpoint` outside Slurm.
+    :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint` outside Slurm.
     """
     environ = os.environ if environ is None else environ
     if preemption_enabled(environ):
@@ -39,6 +39,6 @@ def termination_hook(environ: Mapping[str, str] | None = None) -> Any:
         return SlurmPreemption()
     if environ.get("SLURM_JOB_ID"):
         return None
-    from d2lightning.engine.termination import SigtermCheckpoint
+    from d2lightning.engine.recipes.termination import SigtermCheckpoint
 
     return SigtermCheckpoint()

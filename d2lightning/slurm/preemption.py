@@ -3,7 +3,7 @@
 No detectron2 counterpart. Lightning's ``SLURMEnvironment(auto_requeue=True)`` saves its checkpoint *inside*
 the SIGUSR1 handler, which can interrupt a collective and hang; here the handlers only record the signal, and
 the work happens in ``after_step``, where every rank is between two iterations — the mechanism of
-:class:`~d2lightning.engine.termination.StopOnSignal`, with Slurm's policy: which signal means what, requeueing.
+:class:`~d2lightning.engine.recipes.termination.StopOnSignal`, with Slurm's policy: which signal means what, requeueing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from d2lightning.engine.termination import (
+from d2lightning.engine.recipes.termination import (
     CONTINUE,
     PREEMPTED_CHECKPOINT_FILE,
     TERMINATED,
@@ -50,7 +50,7 @@ class SlurmPreemption(StopOnSignal):
     of ``DefaultTrainer``'s writers: checks come right after a write, so a stopped run leaves no metrics that an
     uninterrupted run would not write. Lower it when 20 iterations take longer than Slurm's warning time.
 
-    The preemption checkpoint is temporary (see :class:`~d2lightning.engine.termination.StopOnSignal`): a
+    The preemption checkpoint is temporary (see :class:`~d2lightning.engine.recipes.termination.StopOnSignal`): a
     preempted and resumed run ends with exactly the files of an uninterrupted one.
 
     ``DefaultTrainer`` (hence the CLI) registers this hook by itself inside a Slurm job (``SLURM_JOB_ID`` set; opt
@@ -60,7 +60,7 @@ class SlurmPreemption(StopOnSignal):
     ``plugins=[SLURMEnvironment(auto_requeue=False)]``.
 
     Args:
-        checkpointer: what saves (see :class:`~d2lightning.engine.termination.StopOnSignal`). Without one,
+        checkpointer: what saves (see :class:`~d2lightning.engine.recipes.termination.StopOnSignal`). Without one,
             nothing is saved (with a warning) and the requeued job resumes from its last checkpoint.
         check_period: iterations between two decisions (>= 1).
 

@@ -4,7 +4,7 @@ Same names, signatures and file formats as detectron2: ``EventStorage`` (a conte
 stack so that models can call :func:`get_event_storage` inside their forward), ``JSONWriter`` (one JSON line per
 iteration in ``metrics.json``), ``CommonMetricPrinter`` (the console line with ETA) and ``TensorboardXWriter``
 (here on ``torch.utils.tensorboard``). Under d2lightning the storage is opened by the training run
-(:mod:`d2lightning.engine.run`) and, besides these writers, feeds the Lightning Trainer's loggers and
+(:mod:`d2lightning.engine.lightning.run`) and, besides these writers, feeds the Lightning Trainer's loggers and
 ``callback_metrics``.
 """
 

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 from d2lightning.checkpoint import Checkpointer, DetectionCheckpointer
 from d2lightning.checkpoint.lightning_state import MARKER_KEY
 from d2lightning.engine import AMPTrainer, D2LightningModule, SimpleTrainer, hooks
-from d2lightning.engine.training_state import _holds_full_state
+from d2lightning.engine.lightning.training_state import _holds_full_state
 from tests.helpers.checkpoint import MODES, files, fit, loader_from
 from tests.helpers.training import SimpleModel, lightning_trainer
 

@@ -1,11 +1,11 @@
-"""d2lightning.engine.cluster: which launcher made this process, read as Lightning 2.6 reads it."""
+"""d2lightning.engine.distributed.cluster: which launcher made this process, read as Lightning 2.6 reads it."""
 
 from __future__ import annotations
 
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-from d2lightning.engine.cluster import (
+from d2lightning.engine.distributed.cluster import (
     DistributedEnvironment,
     detect_cluster_environment,
     first_slurm_host,

@@ -1,4 +1,4 @@
-"""d2lightning.engine.ddp.create_ddp_model, detectron2's ``create_ddp_model``, on 1 and 2 gloo processes."""
+"""d2lightning.engine.distributed.ddp.create_ddp_model, detectron2's ``create_ddp_model``, on 1 and 2 gloo processes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from d2lightning.engine.ddp import create_ddp_model
+from d2lightning.engine.distributed.ddp import create_ddp_model
 from d2lightning.engine.launch import launch
 from d2lightning.utils import comm
 from tests.helpers.distributed import read_results, without_launcher_variables, write_result

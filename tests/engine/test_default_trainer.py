@@ -13,8 +13,8 @@ import torch
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.config import get_cfg
 from d2lightning.engine import DefaultTrainer, HookBase, hooks
-from d2lightning.engine.progress import IterationProgressBar
-from d2lightning.engine.termination import SigtermCheckpoint
+from d2lightning.engine.lightning.progress import IterationProgressBar
+from d2lightning.engine.recipes.termination import SigtermCheckpoint
 from d2lightning.evaluation import COCOEvaluator, DatasetEvaluator
 from d2lightning.utils import comm
 from d2lightning.utils.env import seed_all_rng

@@ -504,7 +504,7 @@ def test_launch_joins_real_srun_tasks(tmp_path: Path) -> None:
 def test_first_failure_is_the_earliest_record(tmp_path: Path) -> None:
     import pickle
 
-    from d2lightning.engine._workers import _first_failure
+    from d2lightning.engine.distributed.workers import _first_failure
 
     assert _first_failure(str(tmp_path)) is None
     for index, when in ((0, 12.5), (1, 11.0), (2, 13.0)):

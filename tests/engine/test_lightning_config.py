@@ -15,7 +15,7 @@ import torch
 from d2lightning.config import ConfigError, get_cfg
 from d2lightning.engine import D2LightningModule, SimpleTrainer
 from d2lightning.engine.launch import launch
-from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
+from d2lightning.engine.recipes.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
 from tests.helpers.distributed import free_port, read_results, without_launcher_variables
 from tests.helpers.tiny_trainer import CountingStream, TinyModel, TinyTrainer, tiny_trainer_cfg
 from tests.jobs.extras_jobs import train_tiny_ddp
@@ -47,7 +47,7 @@ def test_16_mixed_on_cpu_runs_as_bf16_with_a_warning(
 ) -> None:
     monkeypatch.setattr(logging.getLogger("d2lightning"), "propagate", True)
     cfg = tiny_trainer_cfg(str(tmp_path), "LIGHTNING.PRECISION", "16-mixed")
-    with caplog.at_level(logging.WARNING, logger="d2lightning.engine.lightning_config"):
+    with caplog.at_level(logging.WARNING, logger="d2lightning.engine.recipes.lightning_config"):
         assert lightning_kwargs_from_cfg(cfg)["precision"] == "bf16-mixed"
     assert "LIGHTNING.PRECISION='16-mixed' runs as 'bf16-mixed' on CPU" in caplog.text
     assert train(cfg).model.autocast_seen == [BF16] * 4

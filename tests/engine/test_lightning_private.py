@@ -1,4 +1,4 @@
-"""Each use of Lightning's private API (``d2lightning/engine/_lightning.py``) against the installed Lightning.
+"""Each use of Lightning's private API (``d2lightning/engine/lightning/_private.py``) against the installed Lightning.
 
 When a Lightning release moves one of these names, the test of that function fails here, naming it, instead of a
 training run failing somewhere deep inside. The last test checks that no other module of the package touches a
@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from d2lightning.engine import D2LightningModule, _lightning
+from d2lightning.engine import D2LightningModule
+from d2lightning.engine.lightning import _private
 from tests.helpers import REPO
 from tests.helpers.training import PlainModule, SimpleModel, infinite_loader, lightning_trainer
 
@@ -45,7 +46,7 @@ def module() -> D2LightningModule:
 
 def test_start_at_iteration_sets_global_step_and_the_loggers_step() -> None:
     trainer = lightning_trainer(7)
-    _lightning.start_at_iteration(trainer, 4)
+    _private.start_at_iteration(trainer, 4)
     loop = trainer.fit_loop.epoch_loop
     assert loop.manual_optimization.optim_step_progress.total.completed == 4
     assert loop._batches_that_stepped == 4
@@ -57,7 +58,7 @@ def test_start_at_iteration_sets_global_step_and_the_loggers_step() -> None:
 
 
 def test_iteration_counter_adds_one_to_global_step() -> None:
-    capture = Capture(lambda t: _lightning.iteration_counter(t))
+    capture = Capture(lambda t: _private.iteration_counter(t))
     trainer = lightning_trainer(2, [capture])
     trainer.fit(module())
     before = trainer.global_step
@@ -74,16 +75,16 @@ def test_before_batch_transfer_calls_the_datamodules_hook_when_the_module_has_no
             return batch + 1
 
     plain = PlainModule()
-    capture = Capture(lambda t: _lightning.before_batch_transfer(t.lightning_module, torch.zeros(1)))
+    capture = Capture(lambda t: _private.before_batch_transfer(t.lightning_module, torch.zeros(1)))
     lightning_trainer(1, [capture]).fit(plain, datamodule=DM())
     assert torch.equal(capture.result, torch.ones(1))  # the datamodule's hook
-    capture = Capture(lambda t: _lightning.before_batch_transfer(t.lightning_module, torch.zeros(1)))
+    capture = Capture(lambda t: _private.before_batch_transfer(t.lightning_module, torch.zeros(1)))
     lightning_trainer(1, [capture]).fit(plain, train_dataloaders=DataLoader(torch.rand(4, 3), batch_size=2))
     assert torch.equal(capture.result, torch.zeros(1))  # the module's default hook: the batch as it is
 
 
 def test_dump_training_state_is_what_save_checkpoint_writes(tmp_path: Path) -> None:
-    capture = Capture(lambda t: sorted(_lightning.dump_training_state(t)))
+    capture = Capture(lambda t: sorted(_private.dump_training_state(t)))
     trainer = lightning_trainer(2, [capture])
     trainer.fit(module())
     trainer.save_checkpoint(tmp_path / "x.ckpt")
@@ -94,7 +95,7 @@ def test_dump_training_state_is_what_save_checkpoint_writes(tmp_path: Path) -> N
 
 def test_callback_metrics_of_is_the_dict_behind_callback_metrics() -> None:
     def write_then_read(trainer: pl.Trainer) -> Any:
-        _lightning.callback_metrics_of(trainer)["written"] = torch.tensor(1.0)
+        _private.callback_metrics_of(trainer)["written"] = torch.tensor(1.0)
         return trainer.callback_metrics.get("written")
 
     capture = Capture(write_then_read)
@@ -107,7 +108,7 @@ def test_monitor_after_evaluation_switches_the_monitors_to_after_validation() ->
     best = ModelCheckpoint(monitor="x")
     given = ModelCheckpoint(monitor="x", save_on_train_epoch_end=True)
     for cb in (stop, best, given):
-        _lightning.monitor_after_evaluation(cb)
+        _private.monitor_after_evaluation(cb)
     assert stop._check_on_train_epoch_end is False
     assert best._save_on_train_epoch_end is False
     assert given._save_on_train_epoch_end is True  # the user's choice stays
@@ -125,7 +126,7 @@ def test_train_data_source_tells_where_the_training_data_comes_from(how: str, ex
             return loader
 
     dm = DM()
-    capture = Capture(lambda t: _lightning.train_data_source(t))
+    capture = Capture(lambda t: _private.train_data_source(t))
     trainer = lightning_trainer(1, [capture])
     if how == "module":
         trainer.fit(plain)
@@ -137,10 +138,10 @@ def test_train_data_source_tells_where_the_training_data_comes_from(how: str, ex
 
 
 def test_val_data_defined_sees_validation_data_before_it_is_loaded() -> None:
-    capture = Capture(lambda t: _lightning.val_data_defined(t))
+    capture = Capture(lambda t: _private.val_data_defined(t))
     lightning_trainer(1, [capture], num_sanity_val_steps=0).fit(PlainModule())
     assert capture.result is False
-    capture = Capture(lambda t: _lightning.val_data_defined(t))
+    capture = Capture(lambda t: _private.val_data_defined(t))
     lightning_trainer(1, [capture], num_sanity_val_steps=0, limit_val_batches=0).fit(
         PlainModule(), val_dataloaders=DataLoader(torch.rand(4, 3), batch_size=2)
     )
@@ -152,13 +153,13 @@ def test_resolve_last_checkpoint_with_falls_back_only_when_lightning_has_none(tm
     connector = trainer._checkpoint_connector
     fn = trainer.state.fn = TrainerFn.FITTING
     found: list[str | None] = [str(tmp_path / "d2.pth")]
-    _lightning.resolve_last_checkpoint_with(trainer, lambda: found[0])
+    _private.resolve_last_checkpoint_with(trainer, lambda: found[0])
     assert connector._parse_ckpt_path(fn, "last", model_provided=True, model_connected=False) == found[0]
     assert connector._parse_ckpt_path(fn, None, model_provided=True, model_connected=False) is None
     found[0] = None
     with pytest.warns(UserWarning, match="no last checkpoint available"):
         assert connector._parse_ckpt_path(fn, "last", model_provided=True, model_connected=False) is None
-    _lightning.resolve_last_checkpoint_with(trainer, None)  # Lightning's own method again
+    _private.resolve_last_checkpoint_with(trainer, None)  # Lightning's own method again
     assert "_parse_ckpt_path" not in vars(connector)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -183,7 +184,7 @@ class _PrivateLightningUse(ast.NodeVisitor):
 
 
 def test_no_other_module_touches_lightnings_private_api() -> None:
-    allowed = {REPO / "d2lightning" / "engine" / "_lightning.py"}
+    allowed = {REPO / "d2lightning" / "engine" / "lightning" / "_private.py"}
     offenders = []
     for path in sorted((REPO / "d2lightning").rglob("*.py")):
         if path in allowed:
@@ -239,7 +240,7 @@ def test_the_lean_step_behaves_as_lightnings_own(tmp_path: Path, stop_at: int | 
         took: list[bool] = []
         callbacks: list[Any] = [
             _EveryHook(calls),
-            Capture(lambda t: took.append(_lightning.LeanTrainingLoop.applies(t))),
+            Capture(lambda t: took.append(_private.LeanTrainingLoop.applies(t))),
         ]
         if stop_at is not None:
             callbacks.append(_StopAt(stop_at))

@@ -15,7 +15,7 @@ import torch
 
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import DefaultTrainer, SimpleTrainer, hooks
-from d2lightning.engine.termination import PREEMPTED_CHECKPOINT_FILE, SigtermCheckpoint, TrainingPreempted
+from d2lightning.engine.recipes.termination import PREEMPTED_CHECKPOINT_FILE, SigtermCheckpoint, TrainingPreempted
 from d2lightning.slurm import SlurmPreemption
 from d2lightning.slurm.lightning_setup import termination_hook
 from d2lightning.utils.run_lock import LOCK_FILE

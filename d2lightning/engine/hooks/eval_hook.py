@@ -15,9 +15,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from d2lightning.engine import _lightning
 from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
+from d2lightning.engine.lightning import _private
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
 
@@ -97,7 +97,7 @@ class EvalHook(HookBase):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
-                _lightning.monitor_after_evaluation(cb)
+                _private.monitor_after_evaluation(cb)
 
     def _do_eval(self, final: bool) -> None:
         results = self._func()

@@ -11,7 +11,7 @@ Lightning user configures on the Trainer is honoured or refused at once:
 * ``*-true`` precisions convert the batches as they convert the weights (a model that then computes in another
   dtype inside fails with a message saying so);
 * ``fit(ckpt_path="last")`` also finds the ``last_checkpoint`` of detectron2's ``PeriodicCheckpointer``;
-* data given to the Trainer is what the step trains on (see :mod:`d2lightning.engine.lightning_data`), and
+* data given to the Trainer is what the step trains on (see :mod:`d2lightning.engine.lightning.batches`), and
   validation that could never run on an endless stream is an error naming the setting that makes it run;
 * ``trainer.validate/test/predict`` run the wrapped model in eval mode (an ``evaluator``, detectron2's
   ``DatasetEvaluator``, turns validation and test into detectron2's evaluation, logged for monitors).
@@ -30,10 +30,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from d2lightning.engine import _lightning
 from d2lightning.engine.hook_base import as_callback
-from d2lightning.engine.lightning_data import LightningBatches, batch_converter, check_validation_runs
-from d2lightning.engine.run import TrainingRun
+from d2lightning.engine.lightning import _private
+from d2lightning.engine.lightning.batches import LightningBatches, batch_converter, check_validation_runs
+from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
 
@@ -52,7 +52,7 @@ _OWN_CHOICES = (
 )
 
 
-class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
+class TrainerModule(_private.QuickFxName, pl.LightningModule):
     """Train a detectron2-style trainer in any Lightning Trainer (see the module docstring).
 
     Args:
@@ -86,7 +86,7 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
         self._count_iteration: Any = None
         self._adopted: dict[str, Any] | None = None  # the Trainer options taken over for the current fit
         self._clip: tuple[float, str | None] | None = None
-        self._lean: _lightning.LeanTrainingLoop | None = None
+        self._lean: _private.LeanTrainingLoop | None = None
         self._converts_weights = False  # a *-true precision: Lightning converted the weights
 
     # ------------------------------------------------------------ the Trainer's options, before anything runs
@@ -126,11 +126,11 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             self._clip = (float(clip), trainer.gradient_clip_algorithm)
             self._adopted["gradient_clip_val"] = clip
             trainer.gradient_clip_val = None  # clipped in on_before_optimizer_step instead
-        _lightning.resolve_last_checkpoint_with(trainer, self._last_d2_checkpoint)
+        _private.resolve_last_checkpoint_with(trainer, self._last_d2_checkpoint)
 
     def _restore_trainer_options(self, trainer: pl.Trainer) -> None:
         _silence_own_choices(False)
-        _lightning.resolve_last_checkpoint_with(trainer, None)
+        _private.resolve_last_checkpoint_with(trainer, None)
         adopted = self._adopted or {}
         if "accumulate_grad_batches" in adopted:
             n, own = adopted["accumulate_grad_batches"]
@@ -183,17 +183,17 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
                     f"dtype, but {type(step_trainer).__qualname__} fetches its own batches in run_step: convert them "
                     "there, use a mixed precision (e.g. 'bf16-mixed'), or give the data to the Trainer"
                 )
-            check_validation_runs(trainer, _lightning.val_data_defined(trainer), endless=True)
+            check_validation_runs(trainer, _private.val_data_defined(trainer), endless=True)
             self._warn_unused_transfer_hooks()
 
     def on_train_start(self) -> None:
         _silence_own_choices(False)
         trainer = self.trainer
         if self._batches is not None:
-            check_validation_runs(trainer, _lightning.val_data_defined(trainer))
-        self._count_iteration = _lightning.iteration_counter(trainer)
-        if _lightning.LeanTrainingLoop.applies(trainer):
-            self._lean = _lightning.LeanTrainingLoop(trainer)
+            check_validation_runs(trainer, _private.val_data_defined(trainer))
+        self._count_iteration = _private.iteration_counter(trainer)
+        if _private.LeanTrainingLoop.applies(trainer):
+            self._lean = _private.LeanTrainingLoop(trainer)
 
     def configure_optimizers(self) -> Any:
         """The trainer's optimizer (stepped by its ``run_step``, through Lightning's strategy)."""
@@ -339,7 +339,7 @@ class TrainerModule(_lightning.QuickFxName, pl.LightningModule):
             )
 
     def _lightning_gives_data(self, trainer: pl.Trainer) -> bool:
-        source = _lightning.train_data_source(trainer)
+        source = _private.train_data_source(trainer)
         if source is not self:
             return True
         return type(self).train_dataloader is not TrainerModule.train_dataloader

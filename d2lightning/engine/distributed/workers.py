@@ -9,7 +9,7 @@ plus a wait for the master process that says whom it waits for and gives up afte
   the parent earlier), raised with that worker's own exception as ``__cause__`` when it can be pickled, so the
   caller can tell a user error from a bug;
 * SIGTERM sent to the parent is passed on to the workers, and workers that stopped on it (exit status 143, see
-  :mod:`d2lightning.engine.termination`) make the parent raise ``TrainingPreempted(143)`` too.
+  :mod:`d2lightning.engine.recipes.termination`) make the parent raise ``TrainingPreempted(143)`` too.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from d2lightning.engine import cluster
-from d2lightning.engine.cluster import DistributedEnvironment
+from d2lightning.engine.distributed import cluster
+from d2lightning.engine.distributed.cluster import DistributedEnvironment
 from d2lightning.utils import comm
 
 logger = logging.getLogger("d2lightning.engine.launch")
@@ -251,7 +251,7 @@ class _DropMessages(logging.Filter):
 
 def _raise_stopped(error_dir: str) -> None:
     """The workers stopped on SIGTERM: raise ``TrainingPreempted(143)`` with their message."""
-    from d2lightning.engine.termination import TrainingPreempted
+    from d2lightning.engine.recipes.termination import TrainingPreempted
 
     message = "Training stopped by SIGTERM before its first iteration boundary: nothing was saved"
     for name in sorted(os.listdir(error_dir)):

@@ -27,10 +27,10 @@ from lightning.pytorch.profilers import Profiler
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from d2lightning.engine import _lightning
-from d2lightning.engine.cluster import detect_cluster_environment, lightning_cluster_environment
+from d2lightning.engine.distributed.cluster import detect_cluster_environment, lightning_cluster_environment
 from d2lightning.engine.hook_base import as_callback
-from d2lightning.engine.run import TrainingRun
+from d2lightning.engine.lightning import _private
+from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.utils import comm
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def build_lightning_trainer(trainer: TrainerBase, run: TrainingRun, start_iter: 
     if "enable_checkpointing" not in user and any(isinstance(cb, Checkpoint) for cb in kwargs["callbacks"]):
         kwargs["enable_checkpointing"] = True
     pl_trainer = pl.Trainer(**kwargs)
-    _lightning.start_at_iteration(pl_trainer, start_iter)
+    _private.start_at_iteration(pl_trainer, start_iter)
     return pl_trainer
 
 

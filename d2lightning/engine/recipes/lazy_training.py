@@ -22,7 +22,7 @@ the last checkpoint).
 Example::
 
     from d2lightning.engine import default_argument_parser
-    from d2lightning.engine.lazy_training import main
+    from d2lightning.engine.recipes.lazy_training import main
 
     main(default_argument_parser().parse_args(["--config-file", "shapes_detector.py"]))
 """

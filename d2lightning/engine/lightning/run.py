@@ -53,8 +53,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from d2lightning import _compat
-from d2lightning.engine import _lightning
-from d2lightning.engine.training_state import attach_training_state
+from d2lightning.engine.lightning import _private
+from d2lightning.engine.lightning.training_state import attach_training_state
 from d2lightning.utils import comm
 from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
@@ -89,7 +89,7 @@ class TrainingRun(Callback):
 
     Args:
         owner: the detectron2-style trainer the hooks see as ``self.trainer`` (a ``TrainerBase``, or a
-            :class:`~d2lightning.engine.trainer_view.LightningTrainerView` for a LightningModule that is not
+            :class:`~d2lightning.engine.lightning.trainer_view.LightningTrainerView` for a LightningModule that is not
             d2lightning's).
     """
 
@@ -174,7 +174,7 @@ class TrainingRun(Callback):
             return
         owner = self.owner
         self.flush_loggers()
-        self._metrics = _lightning.callback_metrics_of(trainer)  # the same dict while training; cheap to re-read
+        self._metrics = _private.callback_metrics_of(trainer)  # the same dict while training; cheap to re-read
         owner.iter = self.storage.iter = trainer.global_step  # type: ignore[union-attr]
         owner.before_step()
 
@@ -280,7 +280,7 @@ class TrainingRun(Callback):
         owner.iter = owner.start_iter = start_iter
         owner.max_iter = max_iter
         self.storage = EventStorage(start_iter).__enter__()
-        self._metrics = _lightning.callback_metrics_of(self.pl_trainer)  # type: ignore[arg-type]
+        self._metrics = _private.callback_metrics_of(self.pl_trainer)  # type: ignore[arg-type]
         self.storage.scalar_listener = self._publish
         owner.storage = self.storage
         self.phase = _TRAINING

@@ -20,7 +20,7 @@
   node is an error (Lightning would start processes after the trainer was built). FSDP is refused (see
   :data:`FSDP_UNSUPPORTED`).
 - ``ACCELERATOR``, ``LOG_EVERY_N_STEPS``, ``DETERMINISTIC``, ``PROGRESS_BAR``: the Trainer arguments of the
-  same names (the bar is an :class:`~d2lightning.engine.progress.IterationProgressBar`).
+  same names (the bar is an :class:`~d2lightning.engine.lightning.progress.IterationProgressBar`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def lightning_callbacks_from_cfg(cfg: Any) -> list[Any]:
     from lightning.pytorch.callbacks import Callback
 
     from d2lightning.engine.hooks import EMA
-    from d2lightning.engine.progress import IterationProgressBar
+    from d2lightning.engine.lightning.progress import IterationProgressBar
 
     section = _section(cfg)
     if section is None:

@@ -21,13 +21,13 @@ from d2lightning import _compat
 from d2lightning.checkpoint import CorruptCheckpointError, DetectionCheckpointer
 from d2lightning.engine import hooks
 from d2lightning.engine.amp_trainer import AMPTrainer
-from d2lightning.engine.ddp import create_ddp_model
-from d2lightning.engine.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
-from d2lightning.engine.output_dir import claim_output_dir, warn_before_overwriting
+from d2lightning.engine.distributed.ddp import create_ddp_model
+from d2lightning.engine.recipes.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
+from d2lightning.engine.recipes.output_dir import claim_output_dir, warn_before_overwriting
+from d2lightning.engine.recipes.startup_checks import check_trainable
+from d2lightning.engine.recipes.writers import default_writers
 from d2lightning.engine.simple_trainer import SimpleTrainer
-from d2lightning.engine.startup_checks import check_trainable
 from d2lightning.engine.trainer_base import TrainerBase
-from d2lightning.engine.writers import default_writers
 from d2lightning.evaluation import (
     DatasetEvaluator,
     flatten_results_dict,
@@ -68,12 +68,12 @@ class DefaultTrainer(TrainerBase):
     names and metrics.
 
     d2lightning adds, for safe output folders: the main process locks ``OUTPUT_DIR`` from construction to the
-    end of :meth:`train` (a second training there is refused; see :mod:`d2lightning.engine.output_dir`) and
+    end of :meth:`train` (a second training there is refused; see :mod:`d2lightning.engine.recipes.output_dir`) and
     deletes the temporary files of killed saves; a run starting at iteration 0 warns before overwriting an
     earlier run's checkpoints; and a signal hook is registered last — ``SigtermCheckpoint`` (SIGTERM: checkpoint,
     exit 143), or ``SlurmPreemption`` in a Slurm job, with Lightning's ``SLURMEnvironment(auto_requeue=False)``.
     Settings this machine cannot honour (``MODEL.DEVICE``, ``LIGHTNING.PRECISION``, ``SOLVER.IMS_PER_BATCH``)
-    are refused before anything is built (:mod:`d2lightning.engine.startup_checks`).
+    are refused before anything is built (:mod:`d2lightning.engine.recipes.startup_checks`).
 
     Args:
         cfg: a config from :func:`d2lightning.config.get_cfg` (detectron2's key names), or a detectron2
@@ -230,7 +230,7 @@ class DefaultTrainer(TrainerBase):
         Raises:
             RuntimeError: with ``TEST.EXPECTED_RESULTS`` on the main process, when no evaluation ran.
             TrainingPreempted: (a ``SystemExit``, code 143) after SIGTERM, once the checkpoint is written; see
-                :class:`~d2lightning.engine.termination.SigtermCheckpoint`.
+                :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint`.
             SystemExit: (code 1) when the results do not match ``TEST.EXPECTED_RESULTS`` on the main process,
                 as detectron2's ``verify_results``; the mismatches are logged first.
         """

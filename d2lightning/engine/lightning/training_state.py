@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 
-from d2lightning.engine import _lightning
+from d2lightning.engine.lightning import _private
 
 if TYPE_CHECKING:
-    from d2lightning.engine.run import TrainingRun
+    from d2lightning.engine.lightning.run import TrainingRun
 
 __all__ = ["attach_training_state"]
 
@@ -73,7 +73,7 @@ class _TrainingState:
                 "gathers the full Lightning state collectively. Use lightning's ModelCheckpoint for files that "
                 "Trainer.fit(ckpt_path=...) can resume from."
             )
-        return _lightning.dump_training_state(pl_trainer)
+        return _private.dump_training_state(pl_trainer)
 
 
 _PER_PROCESS_METHODS = ("optimizer_state", "lightning_module_state_dict", "save_checkpoint")

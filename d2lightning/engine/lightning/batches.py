@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import Precision
 
-from d2lightning.engine import _lightning
+from d2lightning.engine.lightning import _private
 
 __all__ = ["LightningBatches", "batch_converter", "check_validation_runs"]
 
@@ -83,7 +83,7 @@ class LightningBatches:
         self._taken += 1
         if self._convert is not None:
             batch = self._convert(batch)
-        batch = _lightning.before_batch_transfer(self._module, batch)
+        batch = _private.before_batch_transfer(self._module, batch)
         return self._trainer.strategy.batch_to_device(batch)  # transfer_batch_to_device, on_after_batch_transfer
 
     def _fetch(self) -> Any:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 
-from d2lightning.engine.run import call_hooks
+from d2lightning.engine.lightning.run import call_hooks
 from d2lightning.utils.events import EventStorage
 
 if TYPE_CHECKING:
-    from d2lightning.engine.run import TrainingRun
+    from d2lightning.engine.lightning.run import TrainingRun
 
 __all__ = ["LightningTrainerView", "view_of"]
 
