@@ -71,8 +71,23 @@ class AMPTrainer(SimpleTrainer):
         if self.log_grad_scaler:
             get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
         self._write_metrics(loss_dict, data_time)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
+        # grad_scaler.step and update, through the step backend: in a fit, Lightning's on_before_optimizer_step (and
+        # the Trainer's gradient clipping) see the unscaled gradients
+        self.step_backend.optimizer_step(self.optimizer, self.grad_scaler)
+
+    def check_trainer_options(self, pl_trainer: Any) -> None:
+        """Refuse a Lightning precision other than full float32: this trainer runs its own mixed precision.
+
+        Raises:
+            ValueError: naming the Trainer's precision and what to do instead.
+        """
+        precision = str(pl_trainer.precision)
+        if precision not in ("32-true", "32"):
+            raise ValueError(
+                "AMPTrainer runs its own mixed precision (autocast and a grad scaler), and the Trainer was created "
+                f"with precision={precision!r}: leave the Trainer at precision='32-true', or use a SimpleTrainer with "
+                f"Trainer(precision={precision!r})"
+            )
 
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self._device_type, dtype=self.precision)

@@ -1,29 +1,25 @@
 """detectron2's ``HookBase`` as a Lightning ``Callback``, and :class:`HookCallback` for any other hook.
 
-==================  ====================================  ==========================================
-detectron2          Lightning                             called by
-==================  ====================================  ==========================================
-``before_train``    ``on_train_start``                    the run (the trainer's ``before_train``)
-``before_step``     ``on_train_batch_start``              Lightning, each hook at its list position
-``after_backward``  ``on_after_backward``                 Lightning, each hook at its list position
-``after_step``      ``on_train_batch_end``                Lightning, each hook at its list position
-``after_train``     ``on_train_end`` / ``on_exception``   the run (the trainer's ``after_train``)
-==================  ====================================  ==========================================
-
-(:mod:`d2lightning.engine.lightning.run` explains why the run calls ``before_train``/``after_train`` itself.)
-A hook set up in a Trainer the user built attaches the fit's
-:class:`~d2lightning.engine.lightning.run.TrainingRun`, so detectron2 hooks work with any LightningModule.
+Where each hook method runs is the table :data:`~d2lightning.engine.lightning.hook_points.HOOK_POINTS` (rendered in
+the README): ``before_step``, ``after_backward`` and ``after_step`` are the Lightning hooks ``HookBase`` defines from
+that table, which Lightning calls at the hook's place among the Trainer's callbacks; ``before_train`` and
+``after_train`` are called by the fit's :class:`~d2lightning.engine.lightning.run.TrainingRun` (the trainer's own
+``before_train``/``after_train``, every hook in order, as detectron2's). A hook set up in a Trainer the user built
+around a LightningModule that is not d2lightning's starts that fit's run, so detectron2 hooks work with any
+LightningModule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from d2lightning.engine.lightning.run import HOOK_METHODS, TrainingRun
-from d2lightning.engine.lightning.trainer_view import view_of
+from d2lightning.engine.lightning.hook_points import HOOK_METHODS, HOOK_POINTS
+from d2lightning.engine.lightning.run import TrainingRun
+from d2lightning.engine.lightning.trainer_view import LightningTrainerView
 
 __all__ = ["HookBase", "HookCallback", "as_callback"]
 
@@ -109,29 +105,26 @@ class HookBase(Callback):
         return self
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            TrainingRun.attach(trainer, view_of(pl_module), as_callback)
+        """In a fit of a LightningModule that is not d2lightning's, start the fit's run (the first hook does)."""
+        if stage == "fit" and TrainingRun.of(trainer) is None:
+            TrainingRun.join(trainer, LightningTrainerView(pl_module)).bind()
 
-    def idle_lightning_hook(self, hook: str) -> bool:
-        """Whether the Lightning hook point ``hook`` only calls a hook method this hook does not define.
 
-        Lightning still calls it; d2lightning's training step skips it (see ``engine/lightning/_private.py``).
-        """
-        method = _METHOD_OF.get(hook)
-        return method is not None and _is_base_method(self.d2_hook, method)
+def _calls(method: str) -> Callable[..., None]:
+    """A Lightning hook that calls the hook's detectron2 method ``method`` (whatever Lightning passes)."""
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self.before_step()
+    def lightning_hook(self: HookBase, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        getattr(self, method)()
 
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.after_backward()
+    lightning_hook.__doc__ = f"Calls ``{method}()`` (see ``HOOK_POINTS``)."
+    return lightning_hook
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.after_step()
+
+# The per-step detectron2 methods, at the Lightning hook points the table gives them.
+for _point in HOOK_POINTS:
+    if _point.by_lightning:
+        for _name in _point.lightning:
+            setattr(HookBase, _name, _calls(_point.method))
 
 
 class HookCallback(HookBase):
@@ -185,22 +178,6 @@ class HookCallback(HookBase):
 
 def _nothing() -> None:
     return None
-
-
-#: The detectron2 method each per-step Lightning hook point calls.
-_METHOD_OF = {
-    "on_train_batch_start": "before_step",
-    "on_after_backward": "after_backward",
-    "on_train_batch_end": "after_step",
-}
-
-
-def _is_base_method(hook: Any, method: str) -> bool:
-    """Whether ``hook.<method>`` is missing or ``HookBase``'s no-op (the hook does not define it)."""
-    fn = getattr(hook, method, None)
-    if fn is None or fn is _nothing:
-        return True
-    return getattr(fn, "__func__", None) is getattr(HookBase, method)
 
 
 def _has_own_state(hook: Any) -> bool:

@@ -1,7 +1,8 @@
 """detectron2's ``SimpleTrainer``: one data source, one optimizer, one step per iteration (or N micro-batches).
 
 The step itself (fetch, forward, zero_grad, backward, after_backward) is :mod:`d2lightning.engine.step`'s, shared
-with ``AMPTrainer``; inside a Lightning run the backward and the optimizer step go through Lightning.
+with ``AMPTrainer``; the backward, the optimizer step and DDP's ``no_sync`` go through the trainer's step backend
+(plain torch, or the Lightning Trainer of the fit).
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from d2lightning.engine.step import forward_backward, optimizer_step
+from d2lightning.engine.step import forward_backward
 from d2lightning.engine.trainer_base import TrainerBase
 from d2lightning.utils import comm
 from d2lightning.utils.events import get_event_storage
+
+if TYPE_CHECKING:
+    from d2lightning.engine.lightning.run import RunBinding
 
 __all__ = ["SimpleTrainer"]
 
@@ -84,7 +89,8 @@ class SimpleTrainer(TrainerBase):
         self.model = model
         self.data_loader = data_loader
         self._data_loader_iter_obj: Iterator[Any] | None = None
-        self._batch_converter: Callable[[Any], Any] | None = None  # set in a run with a *-true precision
+        self._lightning_batches: Any = None  # while a fit gives the data (its batches, as an iterator)
+        self._batch_converter: Callable[[Any], Any] | None = None  # while a fit converts the batches (*-true)
         self.optimizer = optimizer
         self.gather_metric_period = gather_metric_period
         self.zero_grad_before_forward = zero_grad_before_forward
@@ -112,7 +118,7 @@ class SimpleTrainer(TrainerBase):
         # fetch (timed), forward, zero_grad, backward (+ after_backward hooks): detectron2's order
         loss_dict, data_time = forward_backward(self, contextlib.nullcontext, None)
         self._dispatch_metrics(loss_dict, data_time)
-        optimizer_step(self)
+        self.step_backend.optimizer_step(self.optimizer)
 
     def _dispatch_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> None:
         if self.async_write_metrics:
@@ -128,6 +134,8 @@ class SimpleTrainer(TrainerBase):
         return self._data_loader_iter_obj
 
     def _new_data_iter(self) -> Iterator[Any]:
+        if self._lightning_batches is not None:
+            return self._lightning_batches
         if self.data_loader is None:
             raise ValueError(
                 f"{type(self).__name__} has no data_loader: pass one, or train in a Lightning Trainer that gives the "
@@ -137,28 +145,56 @@ class SimpleTrainer(TrainerBase):
         convert = self._batch_converter
         return it if convert is None else _Converted(it, convert)
 
-    def _convert_batches(self, convert: Callable[[Any], Any] | None) -> None:
-        """Apply ``convert`` to every batch fetched from now on (None: stop); set by a run with a ``*-true``
-        precision, whose weights Lightning converted."""
-        self._batch_converter = convert
+    # ------------------------------------------------------------ the run protocol (see TrainerBase)
+    def begin_run(self, binding: RunBinding) -> None:
+        """As :meth:`TrainerBase.begin_run`; the fit's batches (``binding.batches``) replace the trainer's own loader
+        until :meth:`end_run`, and ``binding.convert`` is applied to every batch of its own loader."""
+        self._bind(binding)
+        self._lightning_batches = binding.batches
+        self._batch_converter = binding.convert
         current = self._data_loader_iter_obj
-        if isinstance(current, _Converted):
-            current = current.inner
-        if current is not None and convert is not None:
-            current = _Converted(current, convert)
-        self._data_loader_iter_obj = current
+        if binding.batches is not None:
+            self._data_loader_iter_obj = binding.batches
+        elif current is not None and binding.convert is not None:
+            self._data_loader_iter_obj = _Converted(current, binding.convert)
 
-    def _prepare_data(self) -> None:
-        """Create the data iterator now (the run does it before restoring RNG states: creating it draws a seed)."""
-        if self.data_loader is not None:
+    def end_run(self) -> None:
+        """As :meth:`TrainerBase.end_run`; the trainer's own loader continues where the fit left it."""
+        super().end_run()
+        current = self._data_loader_iter_obj
+        if current is not None and current is self._lightning_batches:
+            current = None
+        elif isinstance(current, _Converted):
+            current = current.inner
+        self._data_loader_iter_obj = current
+        self._lightning_batches = self._batch_converter = None
+
+    def resume_streams(self, start_iter: int) -> None:
+        """Move the trainer's own loader to ``start_iter`` when it can seek (d2lightning's loaders), create its
+        iterator, then restore the RNG states (see :meth:`TrainerBase.resume_streams`)."""
+        if self._lightning_batches is None and self.data_loader is not None:
+            seek = getattr(self.data_loader, "set_start_iteration", None)
+            if start_iter > 0 and callable(seek):
+                seek(start_iter * self.accumulate_grad_batches)  # an iteration consumed that many batches
             _ = self._data_loader_iter
+        super().resume_streams(start_iter)
+
+    def _fetch(self) -> tuple[Any, float]:
+        """The next batch and the seconds spent waiting for it (detectron2's ``data_time``): here, and in
+        Lightning's loop before the step when the fit hands the batch over."""
+        start = time.perf_counter()
+        data = self._next_batch()
+        waited = time.perf_counter() - start
+        if self._lightning_batches is not None:
+            waited += self._lightning_batches.take_wait()
+        return data, waited
 
     def _next_batch(self) -> Any:
         """The next batch; a finite loader of its own starts over (Lightning's data ends an epoch instead)."""
         try:
             return next(self._data_loader_iter)
         except StopIteration:
-            if self.data_loader is None:  # Lightning's batches: its epoch ended
+            if self._lightning_batches is not None:  # Lightning's batches: its epoch ended
                 raise
             self._data_loader_iter_obj = self._new_data_iter()  # a finite loader starts over
             try:

@@ -2,25 +2,23 @@
 
 ``forward_backward`` is detectron2's ``run_step`` up to the optimizer step — fetch (timed as ``data_time``),
 forward, ``zero_grad`` (after the forward unless ``zero_grad_before_forward``), backward, ``after_backward`` — for
-one batch or, with gradient accumulation, for ``N`` micro-batches. Inside a Lightning run (``trainer._run`` is the
-fit's :class:`~d2lightning.engine.lightning.run.TrainingRun`) the backward and the optimizer step go through Lightning
-(precision plugin, DDP, ``on_after_backward``/``on_before_optimizer_step``); outside one they are plain torch calls.
+one batch or, with gradient accumulation, for ``N`` micro-batches. The backward and DDP's ``no_sync`` go through the
+trainer's ``step_backend`` (:mod:`d2lightning.engine.lightning.backend`): plain torch outside a fit, the Lightning
+Trainer's strategy and precision plugin inside one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 if TYPE_CHECKING:
     from d2lightning.engine.train_loop import SimpleTrainer
 
-__all__ = ["backward", "forward_backward", "optimizer_step", "sum_losses"]
+__all__ = ["forward_backward", "sum_losses"]
 
 
 def forward_backward(
@@ -49,19 +47,18 @@ def forward_backward(
     if trainer.zero_grad_before_forward:
         trainer.optimizer.zero_grad()
     for k in range(n):
-        start = time.perf_counter()
         try:
-            data = trainer._next_batch()
+            data, seconds = trainer._fetch()
         except StopIteration:  # Lightning's epoch ended: the micro-batches so far make the iteration
             break
-        data_time += time.perf_counter() - start
+        data_time += seconds
         # under DDP, only the last micro-batch's backward all-reduces the gradients
-        with _grad_sync_skipped(trainer) if k < n - 1 else _NO_CONTEXT:
+        with trainer.step_backend.no_sync(trainer.model) if k < n - 1 else _NO_CONTEXT:
             with forward_context():
                 loss_dict, losses = sum_losses(trainer.model(data), trainer.iter)
             if k == 0 and not trainer.zero_grad_before_forward:
                 trainer.optimizer.zero_grad()
-            backward(trainer, scale(losses / n) if scale is not None else losses / n)
+            trainer.step_backend.backward(scale(losses / n) if scale is not None else losses / n, trainer._hooks)
         for name, value in loss_dict.items():
             share = value.detach() / n
             means[name] = means[name] + share if name in means else share
@@ -74,16 +71,14 @@ def _one_batch(
     scale: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[Mapping[str, torch.Tensor], float]:
     """detectron2's step exactly: fetch, forward, zero_grad, backward."""
-    start = time.perf_counter()
-    data = trainer._next_batch()
-    data_time = time.perf_counter() - start
+    data, data_time = trainer._fetch()
     if trainer.zero_grad_before_forward:
         trainer.optimizer.zero_grad()
     with forward_context():
         loss_dict, losses = sum_losses(trainer.model(data), trainer.iter)
     if not trainer.zero_grad_before_forward:
         trainer.optimizer.zero_grad()
-    backward(trainer, scale(losses) if scale is not None else losses)
+    trainer.step_backend.backward(scale(losses) if scale is not None else losses, trainer._hooks)
     return loss_dict, data_time
 
 
@@ -116,35 +111,4 @@ def sum_losses(output: Any, cur_iter: int) -> tuple[Mapping[str, torch.Tensor], 
     return output, sum(output.values())  # type: ignore[return-value]
 
 
-def backward(trainer: Any, loss: torch.Tensor) -> None:
-    """``loss.backward()`` then the hooks' ``after_backward`` (through Lightning inside a run)."""
-    run = trainer._run
-    if run is None:
-        loss.backward()
-        trainer.after_backward()
-    else:
-        run.backward(loss)
-
-
-def optimizer_step(trainer: Any) -> None:
-    """``trainer.optimizer.step()`` (through Lightning's strategy and precision plugin inside a run)."""
-    run = trainer._run
-    if run is None:
-        trainer.optimizer.step()
-    else:
-        run.optimizer_step(trainer.optimizer)
-
-
 _NO_CONTEXT = contextlib.nullcontext()  # one shared, reusable null context
-
-
-def _grad_sync_skipped(trainer: Any) -> Any:
-    """A context in which backwards accumulate gradients locally, without DDP's all-reduce.
-
-    ``no_sync`` of a model wrapped by ``create_ddp_model``, else the Lightning strategy's (``block_backward_sync``);
-    nothing to skip otherwise (one process, or a strategy without it).
-    """
-    if isinstance(trainer.model, DistributedDataParallel):
-        return trainer.model.no_sync()
-    run = trainer._run
-    return run.grad_sync_skipped() if run is not None else _NO_CONTEXT

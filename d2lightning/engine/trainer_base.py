@@ -1,8 +1,10 @@
 """detectron2's ``TrainerBase``: the loop over iterations with hooks, run on a ``lightning.pytorch.Trainer``.
 
 ``train(start_iter, max_iter)`` builds a Lightning Trainer (:mod:`d2lightning.engine.lightning.trainer_factory`) whose
-callbacks are a :class:`~d2lightning.engine.lightning.run.TrainingRun` followed by the registered hooks, and fits a
-:class:`~d2lightning.engine.lightning.trainer_module.TrainerModule`, whose training step is this trainer's ``run_step``.
+callbacks are the registered hooks, and fits a :class:`~d2lightning.engine.lightning.trainer_module.TrainerModule`,
+whose training step is this trainer's ``run_step``. The fit's :class:`~d2lightning.engine.lightning.run.TrainingRun`
+talks to the trainer through a small protocol (:meth:`TrainerBase.begin_run`, :meth:`TrainerBase.resume_streams`,
+:meth:`TrainerBase.end_run`), the same whether ``train`` built the Trainer or a user did.
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import signal
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import Callback
 
-from d2lightning.engine.lightning.run import HOOK_METHODS, TrainingRun, call_hooks
+from d2lightning.engine.hook_base import as_callback
+from d2lightning.engine.lightning.backend import StepBackend, TorchStepBackend, call_hooks
+from d2lightning.engine.lightning.hook_points import HOOK_METHODS
 from d2lightning.engine.lightning.trainer_factory import build_lightning_trainer
 from d2lightning.engine.lightning.trainer_module import TrainerModule
 from d2lightning.utils import comm
-from d2lightning.utils.env import get_rng_states
+from d2lightning.utils.env import get_rng_states, set_rng_states
 from d2lightning.utils.events import EventStorage
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from d2lightning.engine.lightning.run import RunBinding
 
 __all__ = ["TrainerBase"]
 
@@ -42,7 +51,9 @@ class TrainerBase:
         storage: the ``EventStorage`` opened for the run.
         lightning_kwargs: extra keyword arguments for the ``lightning.pytorch.Trainer`` that :meth:`train`
             builds (for instance ``{"logger": TensorBoardLogger("out"), "precision": "bf16-mixed"}``).
-        lightning_trainer: the ``lightning.pytorch.Trainer`` of the latest :meth:`train`.
+        pl_trainer: the ``lightning.pytorch.Trainer`` of the current fit, else of the latest one (None before any).
+        step_backend: how steps run (backward, optimizer step, ``no_sync``, the per-step hooks): plain torch outside
+            a fit, through the Lightning Trainer inside one (see :mod:`d2lightning.engine.lightning.backend`).
     """
 
     def __init__(self) -> None:
@@ -52,8 +63,9 @@ class TrainerBase:
         self.max_iter: int = 0
         self.storage: EventStorage
         self.lightning_kwargs: dict[str, Any] = {}
-        self.lightning_trainer: Any = None
-        self._run: TrainingRun | None = None  # the Lightning fit this trainer is in, if any
+        self.pl_trainer: pl.Trainer | None = None
+        self.step_backend: StepBackend = TorchStepBackend()
+        self._registered: list[Any] | None = None  # the registered hooks, while a fit runs the trainer
         self._pending_rng_states: dict[str, Any] | None = None
         self._rank_rng_states: tuple[int, list[Any]] | None = None
 
@@ -77,7 +89,7 @@ class TrainerBase:
             if _is_hook(h):
                 # A weak proxy avoids a reference cycle between trainer and hook.
                 h.trainer = weakref.proxy(self)
-        self._hooks.extend(registered)
+        (self._hooks if self._registered is None else self._registered).extend(registered)
 
     def train(self, start_iter: int, max_iter: int) -> None:
         """Run iterations ``start_iter .. max_iter - 1`` on a Lightning Trainer, calling the hooks.
@@ -92,8 +104,7 @@ class TrainerBase:
         _check_bounds(start_iter, max_iter)
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
-        pl_trainer = build_lightning_trainer(self, TrainingRun(self), start_iter, max_iter)
-        self.lightning_trainer = pl_trainer
+        pl_trainer = build_lightning_trainer(self, start_iter, max_iter)
         with _keyboard_interrupt_propagates():
             try:
                 pl_trainer.fit(TrainerModule(self))
@@ -101,9 +112,9 @@ class TrainerBase:
                 logger.exception("Exception during training:")
                 raise
 
-    # detectron2's hook dispatchers. In a Lightning run, the run calls before_train/after_train (which call every
-    # hook, as here) and Lightning calls the hooks' per-step methods itself, each at its place among Lightning's
-    # callbacks; before_step/after_step/after_backward then only run what a subclass adds.
+    # detectron2's hook dispatchers. In a fit, the run calls before_train/after_train (which call every hook, as
+    # here) and Lightning calls the hooks' per-step methods itself, each at its place among Lightning's callbacks:
+    # the step backend then leaves them out, and before_step/after_step only run what a subclass adds.
     def before_train(self) -> None:
         call_hooks(self._hooks, "before_train")
 
@@ -113,28 +124,90 @@ class TrainerBase:
 
     def before_step(self) -> None:
         self.storage.iter = self.iter
-        if self._run is None:
-            call_hooks(self._hooks, "before_step")
+        self.step_backend.call_hooks(self._hooks, "before_step")
 
     def after_backward(self) -> None:
-        """Call every hook's ``after_backward`` (in a run: every Lightning callback's ``on_after_backward``).
+        """Call every hook's ``after_backward`` (in a fit: Lightning's ``on_after_backward``, for every callback).
 
-        detectron2's ``run_step`` calls it after ``losses.backward()``; d2lightning's own ``run_step`` does the
-        backward through Lightning, which calls the hooks itself, so only user ``run_step`` code needs this.
+        detectron2's ``run_step`` calls it after ``losses.backward()``; a ``run_step`` that goes through
+        ``step_backend.backward`` has the hooks called there already.
         """
-        if self._run is None:
-            call_hooks(self._hooks, "after_backward")
-        else:
-            self._run.after_backward()
+        self.step_backend.after_backward(self._hooks)
 
     def after_step(self) -> None:
-        if self._run is None:
-            call_hooks(self._hooks, "after_step")
+        self.step_backend.call_hooks(self._hooks, "after_step")
 
     def run_step(self) -> None:
         """One iteration. Subclasses implement it."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------ the run protocol (d2lightning)
+    def registered_hooks(self) -> list[Any]:
+        """The hooks given to :meth:`register_hooks`, in order."""
+        return list(self._hooks if self._registered is None else self._registered)
+
+    def hook_callbacks(self) -> list[Callback]:
+        """The registered hooks as Lightning callbacks, in order (a ``HookCallback`` around those that are not)."""
+        return [as_callback(h) for h in self.registered_hooks()]
+
+    def begin_run(self, binding: RunBinding) -> None:
+        """A Lightning fit starts running this trainer (called by its run, before ``before_train``).
+
+        Until :meth:`end_run`, the hooks are the fit's (``binding.hooks``: the registered ones and those in the
+        Trainer's callbacks, in the Trainer's order), every step goes through ``binding.backend`` and
+        :attr:`pl_trainer` is the fit's Trainer.
+
+        Raises:
+            ValueError: when the fit hands the trainer batches or a batch conversion: a ``TrainerBase`` fetches its
+                own data in ``run_step`` (a ``SimpleTrainer`` takes them).
+        """
+        if binding.batches is not None or binding.convert is not None:
+            what = "training data" if binding.batches is not None else "a precision that converts the batches"
+            raise ValueError(
+                f"The Trainer gives {what}, but {type(self).__qualname__} fetches its own batches in run_step: "
+                "derive it from SimpleTrainer, or give the data to the trainer itself"
+            )
+        self._bind(binding)
+
+    def check_trainer_options(self, pl_trainer: pl.Trainer) -> None:
+        """Refuse, when a fit starts, a Lightning Trainer option this trainer cannot honour (the base takes all).
+
+        Raises:
+            ValueError: naming the option, in subclasses that refuse one (``AMPTrainer``: a mixed precision).
+        """
+
+    def end_run(self) -> None:
+        """The fit is over (called by its run, however the fit ended): back to the registered hooks and torch."""
+        if self._registered is not None:
+            self._hooks, self._registered = self._registered, None
+        self.step_backend = TorchStepBackend()
+
+    def resume_streams(self, start_iter: int) -> None:
+        """Continue the random streams where the run that saved the loaded state stopped (called by the run when
+        training starts, after a checkpoint is restored): this rank's saved RNG states, if any, are restored.
+
+        Subclasses that read data move their data stream to ``start_iter`` and create its iterator first (creating
+        it draws a seed from torch's generator, which the uninterrupted run did at its start, not here).
+        """
+        states = self._pending_rng_states
+        self._pending_rng_states = None
+        if states is not None:
+            mine = _rng_states_of_this_rank(states)
+            if mine is not None:
+                set_rng_states(dict(mine))
+
+    def _bind(self, binding: RunBinding) -> None:
+        if self._registered is None:
+            self._registered = self._hooks
+        self._hooks = list(binding.hooks)
+        self.step_backend = binding.backend
+        self.pl_trainer = binding.pl_trainer
+        proxy = weakref.proxy(self)
+        for hook in self._hooks:
+            if _is_hook(hook):
+                hook.trainer = proxy
+
+    # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """``{"iteration": iter, "hooks": {qualname: state}}`` (hooks with empty state are left out)."""
         ret: dict[str, Any] = {"iteration": self.iter}
@@ -182,6 +255,27 @@ class TrainerBase:
                     break
             else:
                 logger.warning(f"Cannot find the hook '{key}', its state_dict is ignored.")
+
+
+def _rng_states_of_this_rank(saved: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """This rank's RNG states in a trainer state's ``"rng"`` entry (see :meth:`TrainerBase.state_dict`)."""
+    per_rank = saved.get("ranks")
+    rank, world = comm.get_rank(), comm.get_world_size()
+    if per_rank is not None:
+        if len(per_rank) == world:
+            return per_rank[rank]
+        logger.warning(
+            f"The checkpoint holds RNG states of {len(per_rank)} processes, this run has {world}: every process "
+            "keeps its own seeded random stream"
+        )
+        return None
+    if rank == 0:
+        return saved
+    logger.warning(
+        f"The checkpoint holds the RNG states of the main process only: process {rank} keeps its own seeded random "
+        "stream, so its random draws differ from an uninterrupted run"
+    )
+    return None
 
 
 def _check_bounds(start_iter: Any, max_iter: Any) -> None:

@@ -151,7 +151,7 @@ def test_default_trainer_builds_with_detectron2s_factories(detectron2_run: Path,
     ]  # fmt: skip
     assert trainer.lightning_kwargs == {"accelerator": "cpu"}  # from MODEL.DEVICE "cpu"
     accelerators: list[Any] = []
-    trainer.register_hooks([hooks.CallbackHook(before_train=lambda t: accelerators.append(t.lightning_trainer))])
+    trainer.register_hooks([hooks.CallbackHook(before_train=lambda t: accelerators.append(t.pl_trainer))])
     trainer.resume_or_load(resume=False)
     results = trainer.train()
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from d2lightning.engine import AMPTrainer, D2LightningModule, SimpleTrainer, hooks
-from d2lightning.engine import step as step_module
+from d2lightning.engine import simple_trainer as simple_trainer_module
 from tests.helpers.training import Recorder, lightning_trainer
 
 
@@ -141,7 +141,7 @@ class _FakeTime:
 
 
 def test_data_time_sums_the_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_module, "time", _FakeTime())
+    monkeypatch.setattr(simple_trainer_module, "time", _FakeTime())
     trainer, _, _ = make("simple", 3, CountingLoader(batches(3)))
     trainer.train(0, 2)
     # each fetch is timed as one tick of the fake clock: 3 fetches per iteration

@@ -34,7 +34,7 @@ def train(cfg: Any) -> TinyTrainer:
 def test_bf16_mixed_runs_the_forward_under_autocast(tmp_path: Path) -> None:
     trainer = train(tiny_trainer_cfg(str(tmp_path), "LIGHTNING.PRECISION", "bf16-mixed"))
     assert trainer.model.autocast_seen == [BF16] * 4
-    assert type(trainer.lightning_trainer.precision_plugin).__name__ == "MixedPrecision"
+    assert type(trainer.pl_trainer.precision_plugin).__name__ == "MixedPrecision"
 
 
 def test_full_precision_has_no_autocast(tmp_path: Path) -> None:

@@ -20,74 +20,16 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from d2lightning.checkpoint import DetectionCheckpointer
 from d2lightning.engine import D2LightningModule, SimpleTrainer, hooks
 from tests.helpers import REPO
 from tests.helpers.distributed import LAUNCHER_VARS, free_port, read_results
+from tests.helpers.lightning_data import DataModule, Indexed, IndexModel, endless, module_without_loader
 from tests.helpers.training import Recorder, expected_calls, lightning_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Indexed(Dataset):
-    """Sample ``i`` is ``(i, features of i)``: the model records which samples it trained on."""
-
-    def __init__(self, n: int = 16) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(i)
-        return torch.tensor(i), torch.rand(3, generator=g)
-
-
-class IndexModel(nn.Module):
-    """detectron2-style: a batch in, a dict of losses out; remembers the sample indices and dtypes it saw."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3, 1)
-        self.seen: list[int] = []
-        self.dtypes: list[torch.dtype] = []
-        self.eval_batches = 0
-
-    def forward(self, batch: Any) -> Any:
-        index, x = batch
-        if not self.training:
-            self.eval_batches += 1
-            return self.linear(x)
-        self.seen += index.tolist()
-        self.dtypes.append(x.dtype)
-        return {"loss_mse": (self.linear(x) - 1).pow(2).mean()}
-
-
-class DataModule(pl.LightningDataModule):
-    def __init__(self, n: int = 16, batch_size: int = 4, val: bool = False) -> None:
-        super().__init__()
-        self.n, self.batch_size, self.val = n, batch_size, val
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(Indexed(self.n), batch_size=self.batch_size)
-
-    def val_dataloader(self) -> Any:
-        return DataLoader(Indexed(4), batch_size=2) if self.val else []
-
-
-def module_without_loader(**kwargs: Any) -> D2LightningModule:
-    model = IndexModel()
-    return D2LightningModule(model, None, torch.optim.SGD(model.parameters(), 0.1), **kwargs)
-
-
-def endless(seed: int = 0) -> Any:
-    """A detectron2-style endless stream of ``(index, x)`` batches of 2."""
-    for i in itertools.count():
-        g = torch.Generator().manual_seed(1000 + i)
-        yield torch.tensor([-1, -1]), torch.rand(2, 3, generator=g)
 
 
 # ---------------------------------------------------------------- data from Lightning
@@ -528,7 +470,7 @@ def test_simple_trainer_train_with_lightning_options_and_a_loss_monitor(tmp_path
     trainer.train(0, 3)
     assert model.linear.weight.dtype == torch.bfloat16
     assert model.dtypes == [torch.bfloat16] * 6  # 3 iterations of 2 micro-batches, converted
-    assert trainer.lightning_trainer.global_step == 3
+    assert trainer.pl_trainer.global_step == 3
     assert best.best_model_path and Path(best.best_model_path).exists()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert float(best.best_model_score) == pytest.approx(min(losses))

@@ -8,7 +8,6 @@ private attribute of a Lightning object.
 from __future__ import annotations
 
 import ast
-import csv
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,13 +56,46 @@ def test_start_at_iteration_sets_global_step_and_the_loggers_step() -> None:
     assert trainer.global_step == 7
 
 
-def test_iteration_counter_adds_one_to_global_step() -> None:
-    capture = Capture(lambda t: _private.iteration_counter(t))
+def test_count_iteration_adds_one_to_global_step() -> None:
+    capture = Capture(lambda t: t)
     trainer = lightning_trainer(2, [capture])
     trainer.fit(module())
     before = trainer.global_step
-    capture.result()
+    _private.count_iteration(trainer)
     assert trainer.global_step == before + 1
+
+
+class _Seen(pl.Callback):
+    """Records the hook points Lightning calls, with the module's ``_current_fx_name`` there."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.calls.append(("on_after_backward", pl_module._current_fx_name))
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.calls.append(("on_before_optimizer_step", pl_module._current_fx_name))
+
+
+def test_call_after_backward_and_before_optimizer_step_dispatch_as_lightning_does() -> None:
+    seen = _Seen()
+    m = module()
+    module_calls: list[str] = []
+    m.on_after_backward = lambda: module_calls.append("after_backward")  # type: ignore[method-assign]
+    m.on_before_optimizer_step = lambda opt: module_calls.append("before_optimizer_step")  # type: ignore[method-assign]
+    optimizer = m.d2_trainer.optimizer
+    trainer = lightning_trainer(1, [seen])
+    trainer.fit(m)
+    seen.calls.clear()
+    module_calls.clear()
+    _private.call_after_backward(trainer)
+    _private.call_before_optimizer_step(trainer, optimizer)
+    assert seen.calls == [
+        ("on_after_backward", "on_after_backward"),
+        ("on_before_optimizer_step", "on_before_optimizer_step"),
+    ]
+    assert module_calls == ["after_backward", "before_optimizer_step"]
 
 
 def test_before_batch_transfer_calls_the_datamodules_hook_when_the_module_has_none() -> None:
@@ -103,15 +135,19 @@ def test_callback_metrics_of_is_the_dict_behind_callback_metrics() -> None:
     assert capture.result == 1.0
 
 
-def test_monitor_after_evaluation_switches_the_monitors_to_after_validation() -> None:
+def test_monitor_after_evaluation_switches_the_monitors_to_after_validation_and_back() -> None:
     stop = EarlyStopping(monitor="x")
     best = ModelCheckpoint(monitor="x")
     given = ModelCheckpoint(monitor="x", save_on_train_epoch_end=True)
-    for cb in (stop, best, given):
-        _private.monitor_after_evaluation(cb)
+    undos = [_private.monitor_after_evaluation(cb) for cb in (stop, best, given)]
     assert stop._check_on_train_epoch_end is False
     assert best._save_on_train_epoch_end is False
     assert given._save_on_train_epoch_end is True  # the user's choice stays
+    for undo in undos:
+        undo()
+    assert stop._check_on_train_epoch_end is None
+    assert best._save_on_train_epoch_end is None
+    assert given._save_on_train_epoch_end is True
 
 
 @pytest.mark.parametrize(
@@ -153,13 +189,13 @@ def test_resolve_last_checkpoint_with_falls_back_only_when_lightning_has_none(tm
     connector = trainer._checkpoint_connector
     fn = trainer.state.fn = TrainerFn.FITTING
     found: list[str | None] = [str(tmp_path / "d2.pth")]
-    _private.resolve_last_checkpoint_with(trainer, lambda: found[0])
+    undo = _private.resolve_last_checkpoint_with(trainer, lambda: found[0])
     assert connector._parse_ckpt_path(fn, "last", model_provided=True, model_connected=False) == found[0]
     assert connector._parse_ckpt_path(fn, None, model_provided=True, model_connected=False) is None
     found[0] = None
     with pytest.warns(UserWarning, match="no last checkpoint available"):
         assert connector._parse_ckpt_path(fn, "last", model_provided=True, model_connected=False) is None
-    _private.resolve_last_checkpoint_with(trainer, None)  # Lightning's own method again
+    undo()  # Lightning's own method again
     assert "_parse_ckpt_path" not in vars(connector)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -193,81 +229,5 @@ def test_no_other_module_touches_lightnings_private_api() -> None:
         visitor.visit(ast.parse(path.read_text()))
         offenders += [f"{path.relative_to(REPO)}:{line}: {expr}" for line, expr in visitor.found]
     # our own trainers' private attributes (``_hooks``, ``_trainer``, ``_run``...) are ours, not Lightning's
-    ours = (
-        "._hooks",
-        "._trainer",
-        "._run",
-        "._data_loader_iter_obj",
-        "._convert_batches",
-        "._pending_rng_states",
-        "._next_batch",
-    )
+    ours = ("._hooks", "._trainer", "._fetch")  # our own trainers (detectron2's names, and the step's fetch)
     assert [o for o in offenders if not o.endswith(ours)] == []
-
-
-class _EveryHook(pl.Callback):
-    """Records each per-step hook point with ``global_step`` and ``batch_idx``; logs a value with ``self.log``."""
-
-    def __init__(self, calls: list[Any]) -> None:
-        self.calls = calls
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.calls.append(("batch_start", trainer.global_step, batch_idx))
-
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: Any) -> None:
-        self.calls.append(("before_backward", trainer.global_step))
-
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        self.calls.append(("after_backward", trainer.global_step))
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
-        self.calls.append(("before_optimizer_step", trainer.global_step))
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
-        self.calls.append(("batch_end", trainer.global_step, idx, pl_module._current_fx_name))
-        pl_module.log("seen", float(trainer.global_step), on_step=True)
-
-
-@pytest.mark.parametrize("stop_at", [None, 3])
-def test_the_lean_step_behaves_as_lightnings_own(tmp_path: Path, stop_at: int | None) -> None:
-    """Without a profiler, d2lightning's fits take the lean step; with one, Lightning's own: same everything."""
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.profilers import SimpleProfiler
-
-    def fit(profiler: Any, name: str) -> tuple[list[Any], torch.Tensor, list[dict[str, str]], bool]:
-        torch.manual_seed(0)
-        calls: list[Any] = []
-        took: list[bool] = []
-        callbacks: list[Any] = [
-            _EveryHook(calls),
-            Capture(lambda t: took.append(_private.LeanTrainingLoop.applies(t))),
-        ]
-        if stop_at is not None:
-            callbacks.append(_StopAt(stop_at))
-        logger = CSVLogger(tmp_path, name=name)
-        trainer = lightning_trainer(6, callbacks, logger=logger, log_every_n_steps=2, profiler=profiler)
-        m = module()
-        trainer.fit(m)
-        with open(Path(logger.log_dir) / "metrics.csv") as f:  # timings differ from run to run: left out
-            rows = [{k: v for k, v in row.items() if "time" not in k} for row in csv.DictReader(f)]
-        return calls, m.model.mod.weight.detach().clone(), rows, took[0]
-
-    lean = fit(None, "lean")
-    own = fit(SimpleProfiler(), "own")
-    assert lean[3] and not own[3]
-    assert lean[0] == own[0]
-    assert torch.equal(lean[1], own[1])
-    assert lean[2] == own[2]
-    steps = 6 if stop_at is None else stop_at
-    assert [c[1] for c in lean[0] if c[0] == "batch_end"] == list(range(1, steps + 1))
-    assert {c[3] for c in lean[0] if c[0] == "batch_end"} == {"on_train_batch_end"}
-    assert [r["seen"] for r in lean[2] if r["seen"]][:2] == ["2.0", "4.0" if stop_at is None else "3.0"]
-
-
-class _StopAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            trainer.should_stop = True

@@ -127,7 +127,7 @@ def test_default_trainer_registers_the_hook_and_runs_without_lightnings_auto_req
     in_slurm = DefaultTrainer(tiny_cfg(tmp_path / "slurm", "SOLVER.MAX_ITER", "1"))
     assert isinstance(in_slurm._hooks[-1], SlurmPreemption)
     in_slurm.train()
-    environment = in_slurm.lightning_trainer._accelerator_connector.cluster_environment
+    environment = in_slurm.pl_trainer._accelerator_connector.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
 
 

@@ -90,7 +90,7 @@ def test_run_started_at_three() -> None:
         ("A", "before_step", 4), ("A", "after_backward", 4), ("A", "after_step", 4),
         ("A", "after_train", 5),
     ]  # fmt: skip
-    assert trainer.lightning_trainer.global_step == 5
+    assert trainer.pl_trainer.global_step == 5
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -527,7 +527,7 @@ def test_user_run_step_override_keeps_working() -> None:
     trainer.train(0, 3)
     assert calls == expected_calls(["A"], 0, 3)
     assert [it for _, it in trainer.storage.history("my_loss").values()] == [0, 1, 2]
-    assert trainer.lightning_trainer.global_step == 3
+    assert trainer.pl_trainer.global_step == 3
 
 
 def test_lightning_trainer_needs_max_steps() -> None:
@@ -570,7 +570,7 @@ def test_lightning_callbacks_registered_as_hooks_work() -> None:
     trainer.register_hooks([lr_monitor])
     trainer.lightning_kwargs = {"logger": CSVLogger("/tmp/d2l_test_lrmon", name="x"), "log_every_n_steps": 1}
     trainer.train(0, 3)
-    assert trainer.lightning_trainer.global_step == 3
+    assert trainer.pl_trainer.global_step == 3
     assert math.isclose(lr_monitor.lrs["lr-SGD"][-1], 0.1)
 
 

@@ -69,8 +69,8 @@ def train_tiny_ddp(out_dir: str) -> None:
     trainer.train()
     ema = next(h for h in trainer._hooks if type(h).__name__ == "EMA")
     result: dict[str, Any] = {
-        "world": trainer.lightning_trainer.world_size,
-        "strategy": type(trainer.lightning_trainer.strategy).__name__,
+        "world": trainer.pl_trainer.world_size,
+        "strategy": type(trainer.pl_trainer.strategy).__name__,
         "allreduces": len(calls),
         "fetches": trainer.data_loader.fetches,
         "weight": trainer.model.module.linear.weight.flatten().tolist(),

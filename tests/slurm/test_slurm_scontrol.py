@@ -150,7 +150,7 @@ def test_a_given_cluster_environment_is_kept_inside_slurm(monkeypatch: pytest.Mo
     trainer = SimpleTrainer(model, Stream(0), torch.optim.SGD(model.parameters(), lr=0.1))
     trainer.lightning_kwargs = {"plugins": [environment]}
     trainer.train(0, 1)
-    assert trainer.lightning_trainer._accelerator_connector.cluster_environment is environment
+    assert trainer.pl_trainer._accelerator_connector.cluster_environment is environment
 
 
 def test_trainer_of_a_slurm_step_uses_slurm_environment_without_auto_requeue(
@@ -166,5 +166,5 @@ def test_trainer_of_a_slurm_step_uses_slurm_environment_without_auto_requeue(
     model = Regressor()
     trainer = SimpleTrainer(model, Stream(0), torch.optim.SGD(model.parameters(), lr=0.1))
     trainer.train(0, 2)
-    environment = trainer.lightning_trainer._accelerator_connector.cluster_environment
+    environment = trainer.pl_trainer._accelerator_connector.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False

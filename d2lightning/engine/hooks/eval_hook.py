@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
 from d2lightning.engine.lightning import _private
+from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
 
@@ -95,9 +96,10 @@ class EvalHook(HookBase):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit":
+        run = TrainingRun.of(trainer) if stage == "fit" else None
+        if run is not None:  # the monitors act after each evaluation for this fit (undone when it ends)
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
-                _private.monitor_after_evaluation(cb)
+                run.scope.on_close(_private.monitor_after_evaluation(cb))
 
     def _do_eval(self, final: bool) -> None:
         results = self._func()
@@ -128,10 +130,10 @@ def _is_monitor(cb: Callback) -> bool:
 def _report_to_lightning(trainer: Any, flat: dict[str, float], final: bool) -> None:
     """Put the results into ``callback_metrics`` and let Lightning's monitoring callbacks react (see EvalHook).
 
-    ``trainer`` is the detectron2-style trainer; its ``lightning_trainer`` is the fit it runs in (None outside one).
+    ``trainer`` is the detectron2-style trainer; its ``pl_trainer`` is the fit it runs in (None outside one).
     """
-    pl_trainer = getattr(trainer, "lightning_trainer", None)
-    if pl_trainer is None or getattr(trainer, "_run", None) is None:
+    pl_trainer = getattr(trainer, "pl_trainer", None)
+    if pl_trainer is None or TrainingRun.of(pl_trainer) is None:
         return
     monitors = [cb for cb in pl_trainer.callbacks if _is_monitor(cb)]
     if monitors and comm.get_world_size() > 1:

@@ -1,21 +1,27 @@
 """Where the training batches of a Lightning fit come from, and whether its validation can ever run.
 
-A detectron2 step fetches its own data (``next(self._data_loader_iter)`` inside ``run_step``), which is also what
-makes ``data_time`` exact. d2lightning keeps that: its ``training_step`` takes Lightning's ``dataloader_iter``, and
-the step trainer reads either
+A detectron2 step fetches its own data (``next(self._data_loader_iter)`` inside ``run_step``); ``data_time`` is the
+time it waited. d2lightning's training step feeds the detectron2-style trainer in one of three ways, chosen when the
+fit starts:
 
 * its own loader (``D2LightningModule(model, data_loader, optimizer)``, every ``SimpleTrainer.train``): detectron2
   loaders are infinite and already sharded by rank, so Lightning never sees them — it gets an endless stream of
-  ticks, one consumed per iteration, so that ``batch_idx`` counts iterations; or
-* Lightning's data (a datamodule, ``fit(train_dataloaders=...)`` or a ``train_dataloader()`` override) through
-  :class:`LightningBatches`: Lightning injects its distributed sampler into plain map-style loaders as usual, the
-  precision plugin converts each batch (``*-true`` precisions) and the strategy moves it to the device.
+  ticks, one per iteration, so that ``batch_idx`` counts iterations, and the trainer fetches from its loader;
+* Lightning's data (a datamodule, ``fit(train_dataloaders=...)`` or a ``train_dataloader()`` override), one batch
+  per iteration: the ordinary ``training_step(batch, batch_idx)``, so the loop is exactly the one a plain
+  LightningModule gets (Lightning's distributed sampler, ``*-true`` conversion, device transfer, validation
+  cadence); :class:`HandedBatches` hands each batch to the trainer, with the time Lightning's loop waited for it;
+* Lightning's data with several micro-batches per iteration (``accumulate_grad_batches=N``): the step takes
+  Lightning's ``dataloader_iter`` and :class:`FetchedBatches` fetches the N batches from it (conversion and
+  transfer as Lightning's loop does them). Lightning then counts one batch per iteration and, for a finite loader,
+  also validates after each epoch's last iteration (its rule for steps that fetch their own batches).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,13 +29,51 @@ from lightning.pytorch.plugins.precision import Precision
 
 from d2lightning.engine.lightning import _private
 
-__all__ = ["LightningBatches", "batch_converter", "check_validation_runs"]
+__all__ = ["FetchedBatches", "HandedBatches", "batch_converter", "check_validation_runs"]
 
 _NOTHING = object()
 
 
-class LightningBatches:
-    """The batches Lightning hands a fit, as the iterator a detectron2 step reads (``trainer._data_loader_iter``).
+class HandedBatches:
+    """The batch Lightning's loop hands each ``training_step``, as the iterator a detectron2 step reads.
+
+    Each iteration takes exactly one batch: the one handed over by :meth:`hand_over`; asking for a second one in the
+    same iteration raises ``StopIteration`` (as an epoch end would). Lightning fetched it before the step — and, for
+    a loader without a length, the next one too — so :attr:`waited` is the time the loop spent between the end of the
+    previous iteration (or validation, or the start of the epoch) and this one: what detectron2 calls ``data_time``.
+    """
+
+    def __init__(self) -> None:
+        self._batch: Any = _NOTHING
+        self._idle_since = time.perf_counter()
+        self.waited = 0.0
+
+    def mark_idle(self) -> None:
+        """The work before the next fetch is done (the previous iteration, a validation, the epoch start)."""
+        self._idle_since = time.perf_counter()
+
+    def hand_over(self, batch: Any) -> None:
+        """This iteration's batch, just received by the training step."""
+        self.waited = time.perf_counter() - self._idle_since
+        self._batch = batch
+
+    def __iter__(self) -> HandedBatches:
+        return self
+
+    def __next__(self) -> Any:
+        batch, self._batch = self._batch, _NOTHING
+        if batch is _NOTHING:
+            raise StopIteration
+        return batch
+
+    def take_wait(self) -> float:
+        """The wait for the batch just taken (once: 0 afterwards)."""
+        waited, self.waited = self.waited, 0.0
+        return waited
+
+
+class FetchedBatches:
+    """Lightning's batches fetched by the step, several per iteration, as the iterator a detectron2 step reads.
 
     Each ``next()`` fetches one batch from the current step's ``dataloader_iter`` (so a step with gradient
     accumulation takes several), converts it with the precision plugin and moves it to the device through the
@@ -64,7 +108,7 @@ class LightningBatches:
             with contextlib.suppress(StopIteration):
                 self._ahead = self._fetch()
 
-    def __iter__(self) -> LightningBatches:
+    def __iter__(self) -> FetchedBatches:
         return self
 
     def __next__(self) -> Any:
@@ -89,6 +133,10 @@ class LightningBatches:
     def _fetch(self) -> Any:
         batch, _, _ = next(self._source)
         return batch
+
+    def take_wait(self) -> float:
+        """Nothing to add: the step timed its own fetches."""
+        return 0.0
 
 
 def batch_converter(pl_trainer: pl.Trainer) -> Any:

@@ -11,6 +11,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from d2lightning.engine.lightning.run import TrainingRun
+
 __all__ = ["IterationProgressBar"]
 
 
@@ -47,8 +49,8 @@ class IterationProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        # the storage of the detectron2-style trainer the module carries (D2LightningModule, or a hooks' view)
-        storage = getattr(getattr(pl_module, "d2_trainer", None), "storage", None)
+        run = TrainingRun.of(trainer)  # the storage of the fit's detectron2 run, if it has one
+        storage = run.storage if run is not None else None
         if storage is not None:
             histories = storage.histories()
             if "total_loss" in histories:

@@ -28,9 +28,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from d2lightning.engine.distributed.cluster import detect_cluster_environment, lightning_cluster_environment
-from d2lightning.engine.hook_base import as_callback
 from d2lightning.engine.lightning import _private
-from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.utils import comm
 
 if TYPE_CHECKING:
@@ -59,10 +57,10 @@ def default_trainer_kwargs(trainer: TrainerBase) -> dict[str, Any]:
     return kwargs
 
 
-def build_lightning_trainer(trainer: TrainerBase, run: TrainingRun, start_iter: int, max_iter: int) -> pl.Trainer:
+def build_lightning_trainer(trainer: TrainerBase, start_iter: int, max_iter: int) -> pl.Trainer:
     """A Lightning Trainer that runs ``trainer``'s iterations ``start_iter .. max_iter - 1`` with its hooks.
 
-    The callbacks are ``run`` first, then the registered hooks in their order.
+    The callbacks are the registered hooks, in their order (the fit's run goes first when the fit starts).
 
     Raises:
         ValueError: when ``trainer.lightning_kwargs`` sets ``max_steps`` or ``callbacks`` (they come from
@@ -76,7 +74,7 @@ def build_lightning_trainer(trainer: TrainerBase, run: TrainingRun, start_iter: 
     kwargs = default_trainer_kwargs(trainer)
     kwargs.update(user)
     kwargs["max_steps"] = max_iter
-    kwargs["callbacks"] = [run, *(as_callback(h) for h in trainer._hooks)]
+    kwargs["callbacks"] = trainer.hook_callbacks()
     _inside_slurm(kwargs)
     if "enable_checkpointing" not in user and any(isinstance(cb, Checkpoint) for cb in kwargs["callbacks"]):
         kwargs["enable_checkpointing"] = True
@@ -115,9 +113,6 @@ class _NoProfiler(Profiler):
     Lightning opens a profiling context around every callback and module hook it calls, dozens per iteration;
     the pass-through profiler builds a generator-based context manager for each.
     """
-
-    #: Tells d2lightning's lean training step that no call needs to be recorded.
-    records_nothing = True
 
     def start(self, action_name: str) -> None:
         pass

@@ -2,8 +2,9 @@
 
 The base of :class:`~d2lightning.engine.module.D2LightningModule` and what ``TrainerBase.train`` fits. One training
 step is one detectron2 iteration: the trainer's ``run_step`` (fetch, forward, zero_grad, backward, metrics,
-optimizer step, in detectron2's order, under Lightning's manual optimization), then Lightning counts it. What a
-Lightning user configures on the Trainer is honoured or refused at once:
+optimizer step, in detectron2's order, under Lightning's manual optimization, through the trainer's step backend),
+then Lightning counts it. The loop is Lightning's own. What a Lightning user configures on the Trainer is honoured or
+refused at once:
 
 * ``accumulate_grad_batches=N`` becomes detectron2-style accumulation (``N`` micro-batches per iteration, one
   optimizer step; ``max_steps`` and ``global_step`` keep counting optimizer steps), ``gradient_clip_val`` clips
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -30,9 +30,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from d2lightning.engine.hook_base import as_callback
+from d2lightning.checkpoint.discovery import find_checkpointers
 from d2lightning.engine.lightning import _private
-from d2lightning.engine.lightning.batches import LightningBatches, batch_converter, check_validation_runs
+from d2lightning.engine.lightning.batches import (
+    FetchedBatches,
+    HandedBatches,
+    batch_converter,
+    check_validation_runs,
+)
+from d2lightning.engine.lightning.fit_scope import FitScope
 from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
@@ -82,14 +88,11 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
         if isinstance(inner_model, torch.nn.Module):
             self.model = inner_model
         self._run: TrainingRun | None = None
-        self._batches: LightningBatches | None = None
-        self._count_iteration: Any = None
-        self._adopted: dict[str, Any] | None = None  # the Trainer options taken over for the current fit
-        self._clip: tuple[float, str | None] | None = None
-        self._lean: _private.LeanTrainingLoop | None = None
+        self._batches: HandedBatches | FetchedBatches | None = None  # when the Trainer gives the data
+        self._clip: tuple[float, str | None] | None = None  # the Trainer's gradient clipping, during a fit
         self._converts_weights = False  # a *-true precision: Lightning converted the weights
 
-    # ------------------------------------------------------------ the Trainer's options, before anything runs
+    # ------------------------------------------------------------ joining a fit, before anything runs
     @property
     def trainer(self) -> pl.Trainer:
         return pl.LightningModule.trainer.fget(self)  # type: ignore[attr-defined]
@@ -97,64 +100,58 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
     @trainer.setter
     def trainer(self, trainer: pl.Trainer | None) -> None:
         pl.LightningModule.trainer.fset(self, trainer)  # type: ignore[attr-defined]
-        # Trainer.fit attaches itself before it checks its options or resolves ckpt_path="last"
-        if trainer is not None and trainer.state.fn == TrainerFn.FITTING and self._adopted is None:
-            self._adopt_trainer_options(trainer)
+        # Trainer.fit attaches the module first of all: before it checks its options or resolves ckpt_path="last"
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING and (self._run is None or self._run.closed):
+            self._run = self._join(trainer)
 
-    def _adopt_trainer_options(self, trainer: pl.Trainer) -> None:
-        self._adopted = {}
-        _silence_own_choices(True)
-        step_trainer = self._step_trainer()
-        n = trainer.accumulate_grad_batches
+    def _join(self, pl_trainer: pl.Trainer) -> TrainingRun:
+        """Start the fit's run, and make through its scope (undone when the run closes, however the fit ends) the
+        changes this fit needs: Trainer options Lightning refuses under manual optimization become the step's own,
+        Lightning's notices about d2lightning's choices are silenced, ``ckpt_path="last"`` also finds detectron2's
+        ``last_checkpoint``."""
+        run = TrainingRun.join(pl_trainer, self.d2_trainer)
+        try:
+            self.d2_trainer.check_trainer_options(pl_trainer)
+            self._take_over_trainer_options(pl_trainer, run.scope)
+            run.scope.ignore_warnings(_OWN_CHOICES)
+            run.scope.on_close(_private.resolve_last_checkpoint_with(pl_trainer, self._last_d2_checkpoint))
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def _take_over_trainer_options(self, pl_trainer: pl.Trainer, scope: FitScope) -> None:
+        """``accumulate_grad_batches`` and ``gradient_clip_val``: Lightning refuses both under manual optimization;
+        the step honours them instead (detectron2-style accumulation; clipping before each optimizer step)."""
+        n = pl_trainer.accumulate_grad_batches
         if n != 1:
-            own = getattr(step_trainer, "accumulate_grad_batches", None)
+            d2_trainer = self.d2_trainer
+            own = getattr(d2_trainer, "accumulate_grad_batches", None)
             if own is None:
                 raise ValueError(
-                    f"Trainer(accumulate_grad_batches={n}): {type(step_trainer).__qualname__} has its own run_step "
-                    "and no accumulate_grad_batches; accumulate inside run_step, or use a SimpleTrainer"
+                    f"Trainer(accumulate_grad_batches={n}): {type(d2_trainer).__qualname__} has its own run_step and "
+                    "no accumulate_grad_batches; accumulate inside run_step, or use a SimpleTrainer"
                 )
             if own not in (1, n):
                 raise ValueError(
                     f"Trainer(accumulate_grad_batches={n}) and the module's trainer (accumulate_grad_batches={own}) "
                     "disagree: set one of them"
                 )
-            step_trainer.accumulate_grad_batches = n
-            self._adopted["accumulate_grad_batches"] = (n, own)
-            trainer.accumulate_grad_batches = 1  # detectron2-style accumulation inside the step instead
-        clip = trainer.gradient_clip_val
+            scope.set_attribute(d2_trainer, "accumulate_grad_batches", n)
+            scope.set_attribute(pl_trainer, "accumulate_grad_batches", 1)
+        clip = pl_trainer.gradient_clip_val
         if clip is not None and clip > 0:
-            self._clip = (float(clip), trainer.gradient_clip_algorithm)
-            self._adopted["gradient_clip_val"] = clip
-            trainer.gradient_clip_val = None  # clipped in on_before_optimizer_step instead
-        _private.resolve_last_checkpoint_with(trainer, self._last_d2_checkpoint)
-
-    def _restore_trainer_options(self, trainer: pl.Trainer) -> None:
-        _silence_own_choices(False)
-        _private.resolve_last_checkpoint_with(trainer, None)
-        adopted = self._adopted or {}
-        if "accumulate_grad_batches" in adopted:
-            n, own = adopted["accumulate_grad_batches"]
-            trainer.accumulate_grad_batches = n
-            self._step_trainer().accumulate_grad_batches = own
-        if "gradient_clip_val" in adopted:
-            trainer.gradient_clip_val = adopted["gradient_clip_val"]
-        self._adopted = None
-        self._clip = None
+            scope.set_attribute(self, "_clip", (float(clip), pl_trainer.gradient_clip_algorithm))
+            scope.set_attribute(pl_trainer, "gradient_clip_val", None)
 
     # ------------------------------------------------------------ fit
     def setup(self, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" or self._run is None:
             return
-        trainer = self.trainer
-        max_steps = trainer.max_steps
-        if max_steps is None or max_steps < 0:
-            raise ValueError(
-                "D2LightningModule trains by iterations, as detectron2: create the Trainer with max_steps=N "
-                f"(got max_steps={max_steps})"
-            )
-        step_trainer = self._step_trainer()
-        lightning_data = self._lightning_gives_data(trainer)
-        own = getattr(step_trainer, "data_loader", _MISSING)
+        pl_trainer = self.trainer
+        d2_trainer = self.d2_trainer
+        lightning_data = self._lightning_gives_data(pl_trainer)
+        own = getattr(d2_trainer, "data_loader", _MISSING)
         if lightning_data and own is not None and own is not _MISSING:
             raise ValueError(
                 "D2LightningModule got a data_loader and the Trainer got training data too (a datamodule, "
@@ -165,35 +162,33 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
                 "No training data: pass data_loader= to D2LightningModule, or give the Trainer data with "
                 "trainer.fit(module, train_dataloaders=...) or trainer.fit(module, datamodule=...)"
             )
-        self._run = TrainingRun.attach(trainer, self.d2_trainer, as_callback)
-        self._run.on_close.append(self._end_of_fit)
-        self._converts_weights = batch_converter(trainer) is not None
+        convert = batch_converter(pl_trainer)
+        self._converts_weights = convert is not None
         if lightning_data:
-            self._batches = LightningBatches(trainer, self)
-            step_trainer._data_loader_iter_obj = self._batches
-        else:
-            self._batches = None
-            converter = batch_converter(trainer)
-            convert = getattr(step_trainer, "_convert_batches", None)
-            if callable(convert):
-                convert(converter)
-            elif converter is not None:
-                raise ValueError(
-                    f"Trainer(precision={trainer.precision!r}) converts the weights, and the batches need the same "
-                    f"dtype, but {type(step_trainer).__qualname__} fetches its own batches in run_step: convert them "
-                    "there, use a mixed precision (e.g. 'bf16-mixed'), or give the data to the Trainer"
-                )
-            check_validation_runs(trainer, _private.val_data_defined(trainer), endless=True)
-            self._warn_unused_transfer_hooks()
+            scope = self._run.scope
+            batches: HandedBatches | FetchedBatches
+            if getattr(d2_trainer, "accumulate_grad_batches", 1) > 1:  # several batches per iteration
+                batches = FetchedBatches(pl_trainer, self)
+                scope.set_attribute(self, "training_step", self._training_step_fetching)
+            else:
+                batches = HandedBatches()
+            scope.set_attribute(self, "_batches", batches)
+            self._run.bind(batches=batches)
+            return
+        check_validation_runs(pl_trainer, _private.val_data_defined(pl_trainer), endless=True)
+        self._warn_unused_transfer_hooks()
+        try:
+            self._run.bind(convert=convert)
+        except ValueError:
+            raise ValueError(
+                f"Trainer(precision={pl_trainer.precision!r}) converts the weights, and the batches need the same "
+                f"dtype, but {type(d2_trainer).__qualname__} fetches its own batches in run_step: convert them "
+                "there, use a mixed precision (e.g. 'bf16-mixed'), or give the data to the Trainer"
+            ) from None
 
     def on_train_start(self) -> None:
-        _silence_own_choices(False)
-        trainer = self.trainer
-        if self._batches is not None:
-            check_validation_runs(trainer, _private.val_data_defined(trainer))
-        self._count_iteration = _private.iteration_counter(trainer)
-        if _private.LeanTrainingLoop.applies(trainer):
-            self._lean = _private.LeanTrainingLoop(trainer)
+        if self._batches is not None:  # the Trainer's data: is its stream endless?
+            check_validation_runs(self.trainer, _private.val_data_defined(self.trainer))
 
     def configure_optimizers(self) -> Any:
         """The trainer's optimizer (stepped by its ``run_step``, through Lightning's strategy)."""
@@ -204,16 +199,23 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
         infinite and sharded already), and Lightning's ``batch_idx`` counts iterations."""
         return _Ticks()
 
-    def training_step(self, dataloader_iter: Iterator[Any]) -> None:
-        batches = self._batches
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        """One detectron2 iteration: the trainer's ``run_step`` reads Lightning's batch, or its own loader (the
+        batch is then a tick); then the iteration is counted."""
+        if self._batches is not None:
+            self._batches.hand_over(batch)  # type: ignore[union-attr]
+        self._run_step()
+
+    def _training_step_fetching(self, dataloader_iter: Iterator[Any]) -> None:
+        """``training_step`` when an iteration takes several of Lightning's batches: it fetches them itself."""
+        batches: Any = self._batches
+        batches.start_step(dataloader_iter)
+        self._run_step()
+        batches.end_step()
+
+    def _run_step(self) -> None:
         try:
-            if batches is None:
-                next(dataloader_iter)
-                self.d2_trainer.run_step()
-            else:
-                batches.start_step(dataloader_iter)
-                self.d2_trainer.run_step()
-                batches.end_step()
+            self.d2_trainer.run_step()
         except RuntimeError as e:
             if self._converts_weights and _is_dtype_error(e):
                 raise RuntimeError(
@@ -223,30 +225,27 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
                     "'bf16-mixed'"
                 ) from e
             raise
-        self._count_iteration()
+        _private.count_iteration(self.trainer)
+
+    def on_train_epoch_start(self) -> None:
+        self._mark_idle()
+
+    def on_validation_end(self) -> None:
+        self._mark_idle()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.d2_trainer.after_step()  # what a trainer subclass adds after the hooks
+        self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        """Lightning's loop is about to fetch the next batch: the wait for it starts now."""
+        if isinstance(self._batches, HandedBatches):
+            self._batches.mark_idle()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._clip is not None:
             value, algorithm = self._clip
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
-
-    def _end_of_fit(self) -> None:
-        """When the run closes (also after a failure, when Lightning calls no ``teardown``): give the Trainer its
-        options back and the step trainer its own data."""
-        if self._lean is not None:
-            self._lean.remove()
-            self._lean = None
-        step_trainer = self._step_trainer()
-        if self._batches is not None and getattr(step_trainer, "_data_loader_iter_obj", None) is self._batches:
-            step_trainer._data_loader_iter_obj = None
-        self._batches = None
-        convert = getattr(step_trainer, "_convert_batches", None)
-        if callable(convert):
-            convert(None)
-        self._restore_trainer_options(self.trainer)
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """``LightningModule.log``; during training, without ``batch_size``, every iteration weighs the same.
@@ -318,10 +317,6 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
             self.d2_trainer.load_state_dict(state)
 
     # ------------------------------------------------------------ private
-    def _step_trainer(self) -> Any:
-        """The trainer whose ``run_step`` does the work (``DefaultTrainer`` keeps one as ``_trainer``)."""
-        return getattr(self.d2_trainer, "_trainer", self.d2_trainer)
-
     def _warn_unused_transfer_hooks(self) -> None:
         """The module's own loader is read inside ``run_step``, past Lightning's batch-transfer hooks: say so when a
         subclass overrides one (they still run for validation, test and predict)."""
@@ -349,11 +344,9 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
         Lightning's state (``fit(ckpt_path="last")``)."""
         from d2lightning.checkpoint.lightning_state import holds_lightning_state
 
-        trainer = self.trainer
-        holders = [self.d2_trainer, *(getattr(cb, "d2_hook", None) for cb in trainer.callbacks)]  # type: ignore[attr-defined]
+        hooks = self._run.hooks if self._run is not None else []
         found: list[str] = []
-        for holder in holders:
-            checkpointer = getattr(holder, "checkpointer", None)
+        for checkpointer in find_checkpointers([self.d2_trainer, *hooks]):
             get = getattr(checkpointer, "get_checkpoint_file", None)
             path = get() if callable(get) else ""
             if path and os.path.isfile(path) and path not in found and holds_lightning_state(path):
@@ -365,19 +358,6 @@ def _is_dtype_error(error: RuntimeError) -> bool:
     """Whether torch refused an operation for mixing dtypes."""
     message = str(error)
     return any(s in message for s in ("dtype", "should be the same", "scalar type", "Expected object of scalar"))
-
-
-def _silence_own_choices(on: bool) -> None:
-    """Add (or remove) the warning filters for :data:`_OWN_CHOICES` (idempotent)."""
-    patterns = {re.escape(message) for message in _OWN_CHOICES}
-    ours = [f for f in warnings.filters if f[0] == "ignore" and f[1] is not None and f[1].pattern in patterns]
-    if on and not ours:
-        for pattern in patterns:
-            warnings.filterwarnings("ignore", message=pattern)
-    elif not on and ours:
-        for f in ours:
-            warnings.filters.remove(f)  # type: ignore[attr-defined]
-        getattr(warnings, "_filters_mutated", lambda: None)()  # let Python re-read the filters
 
 
 class _Ticks:

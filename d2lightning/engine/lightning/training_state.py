@@ -10,60 +10,50 @@ that shard it (FSDP, DeepSpeed, a ``ZeroRedundancyOptimizer``) the files keep de
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning.pytorch as pl
 
+from d2lightning.checkpoint.discovery import find_checkpointers
 from d2lightning.engine.lightning import _private
-
-if TYPE_CHECKING:
-    from d2lightning.engine.lightning.run import TrainingRun
 
 __all__ = ["attach_training_state"]
 
 
-def attach_training_state(run: TrainingRun, owner: Any) -> list[Any]:
-    """Give every d2lightning checkpointer of ``owner`` and its hooks that saves the fitted model the fit's state.
+def attach_training_state(pl_trainer: pl.Trainer, holders: Iterable[Any]) -> Callable[[], None]:
+    """Give every d2lightning checkpointer of ``holders`` (the trainer and its hooks) that saves the fitted model
+    the fit's state.
 
     Returns:
-        The checkpointers it was given to (their ``training_state`` goes back to None when the run closes).
+        The undo: the checkpointers' ``training_state`` goes back to None.
     """
-    return _attach(run, _checkpointers_of(owner))
+    modules = {id(m) for m in pl_trainer.lightning_module.modules()}
+    attached = [
+        c
+        for c in find_checkpointers(holders)
+        if hasattr(c, "training_state") and id(getattr(c, "model", None)) in modules
+    ]
+    state = _TrainingState(pl_trainer)
+    for checkpointer in attached:
+        checkpointer.training_state = state
 
+    def detach() -> None:
+        for checkpointer in attached:
+            checkpointer.training_state = None
 
-def _checkpointers_of(owner: Any) -> list[Any]:
-    """The d2lightning checkpointers this run's hooks and trainer save with (those that can hold Lightning state)."""
-    found: list[Any] = []
-    for holder in [owner, *owner._hooks]:
-        checkpointer = getattr(holder, "checkpointer", None)
-        checkpointer = getattr(checkpointer, "checkpointer", checkpointer)  # fvcore's PeriodicCheckpointer wraps one
-        if hasattr(checkpointer, "training_state") and all(c is not checkpointer for c in found):
-            found.append(checkpointer)
-    return found
-
-
-def _attach(run: TrainingRun, checkpointers: list[Any]) -> list[Any]:
-    """Let every checkpointer of the fitted model add the fit's full Lightning state to the files it writes."""
-    pl_module = run.pl_trainer.lightning_module  # type: ignore[union-attr]
-    modules = {id(m) for m in pl_module.modules()}
-    attached = []
-    for checkpointer in checkpointers:
-        if id(checkpointer.model) in modules:
-            checkpointer.training_state = _TrainingState(run)
-            attached.append(checkpointer)
-    return attached
+    return detach
 
 
 class _TrainingState:
     """What a checkpointer calls to get the running fit's Lightning state (see ``Checkpointer.training_state``)."""
 
-    def __init__(self, run: TrainingRun) -> None:
-        self._run = weakref.ref(run)
+    def __init__(self, pl_trainer: pl.Trainer) -> None:
+        self._pl_trainer = weakref.ref(pl_trainer)
 
     def __call__(self) -> dict[str, Any] | str:
         """The state ``Trainer.save_checkpoint`` would write, or why it cannot be given on this process."""
-        run = self._run()
-        pl_trainer = run.pl_trainer if run is not None else None
+        pl_trainer = self._pl_trainer()
         if pl_trainer is None:
             return {}
         strategy = pl_trainer.strategy

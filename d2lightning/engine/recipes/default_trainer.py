@@ -13,7 +13,8 @@ import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +41,9 @@ from d2lightning.slurm.lightning_setup import termination_hook
 from d2lightning.utils import comm
 from d2lightning.utils.events import EventWriter
 from d2lightning.utils.logger import setup_logger
+
+if TYPE_CHECKING:
+    from d2lightning.engine.lightning.run import RunBinding
 
 __all__ = ["DefaultTrainer"]
 
@@ -253,6 +257,23 @@ class DefaultTrainer(TrainerBase):
         self._trainer.iter = self.iter
         self._trainer.run_step()
 
+    # ------------------------------------------------------------ the run protocol: the inner trainer runs the step
+    def begin_run(self, binding: RunBinding) -> None:
+        """The hooks and the backend are this trainer's; the data, and the step, the inner trainer's."""
+        self._bind(replace(binding, batches=None, convert=None))
+        self._trainer.begin_run(replace(binding, hooks=[]))
+
+    def end_run(self) -> None:
+        self._trainer.end_run()
+        super().end_run()
+
+    def resume_streams(self, start_iter: int) -> None:
+        self._trainer.resume_streams(start_iter)  # the data stream first (its iterator draws a seed)...
+        super().resume_streams(start_iter)  # ...then this trainer's RNG states
+
+    def check_trainer_options(self, pl_trainer: Any) -> None:
+        self._trainer.check_trainer_options(pl_trainer)
+
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
         inner = self._trainer.state_dict()
@@ -430,6 +451,15 @@ class DefaultTrainer(TrainerBase):
     @optimizer.setter
     def optimizer(self, value: torch.optim.Optimizer) -> None:
         self._trainer.optimizer = value
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """The inner trainer's micro-batches per iteration (``LIGHTNING.ACCUMULATE_GRAD_BATCHES``; d2lightning only)."""
+        return self._trainer.accumulate_grad_batches
+
+    @accumulate_grad_batches.setter
+    def accumulate_grad_batches(self, value: int) -> None:
+        self._trainer.accumulate_grad_batches = value
 
 
 def _check_numbers(results: Mapping[str, Any], dataset_name: str) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from d2lightning.checkpoint.atomic import atomic_write_text
+from d2lightning.checkpoint.discovery import find_checkpointers
 from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import check_period as _check_period
 from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
@@ -131,7 +132,7 @@ class StopOnSignal(HookBase):
     # ------------------------------------------------------------ hooks
     def before_train(self) -> None:
         self._received.clear()
-        self._checkpointer = self._given_checkpointer or _find_checkpointer(self.trainer, self)
+        self._checkpointer = self._given_checkpointer or _find_checkpointer(self.trainer)
         self._pending = self._read_marker()
         if threading.current_thread() is not threading.main_thread():
             logger.warning(f"{type(self).__name__}: training does not run in the main thread, signals go unhandled")
@@ -261,16 +262,10 @@ class SigtermCheckpoint(StopOnSignal):
         )
 
 
-def _find_checkpointer(trainer: Any, hook: StopOnSignal) -> Any:
-    """The trainer's ``checkpointer``, else that of the first periodic checkpointer among the trainer's hooks."""
-    found = getattr(trainer, "checkpointer", None)
-    if callable(getattr(found, "save", None)):
-        return found
-    for candidate in getattr(trainer, "_hooks", ()):
-        found = getattr(candidate, "checkpointer", None)
-        if candidate is not hook and hasattr(candidate, "period") and callable(getattr(found, "save", None)):
-            return found
-    return None
+def _find_checkpointer(trainer: Any) -> Any:
+    """The trainer's ``checkpointer``, else the first one among the trainer's hooks."""
+    found = find_checkpointers([trainer, *getattr(trainer, "_hooks", ())])
+    return found[0] if found else None
 
 
 def _save_dir(checkpointer: Any) -> str | None:

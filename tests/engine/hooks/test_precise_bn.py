@@ -159,7 +159,7 @@ def test_hook_period_and_persistent_iterator(mode: str) -> None:
 def test_hook_after_an_early_stop_runs_the_final_update_once() -> None:
     def stop_at_2(trainer: Any) -> None:
         if trainer.iter == 2:
-            trainer.lightning_trainer.should_stop = True
+            trainer.pl_trainer.should_stop = True
 
     model = BNModel()
     loader = RecordingLoader()
