@@ -109,8 +109,10 @@ def test_lr_scheduler_in_a_foreign_lightning_module_takes_lightnings_optimizer()
 
     module = PlainModule()
     multiplier = MultiStepParamScheduler(values=[1.0, 0.5], milestones=[3], num_updates=5)
-    lightning_trainer(5, [HookCallback(d2_hooks.LRScheduler(scheduler=multiplier))]).fit(module)
-    assert _lrs(module.d2_trainer) == [(0.1, 0), (0.1, 1), (0.1, 2), (0.05, 3), (0.05, 4)]
+    seen: list[Any] = []  # the hooks' trainer lives as long as the fit: read its storage at the end
+    lrs = hooks.CallbackHook(after_train=lambda trainer: seen.append(_lrs(trainer)))
+    lightning_trainer(5, [HookCallback(d2_hooks.LRScheduler(scheduler=multiplier)), lrs]).fit(module)
+    assert seen == [[(0.1, 0), (0.1, 1), (0.1, 2), (0.05, 3), (0.05, 4)]]
     assert module.trainer.optimizers[0].param_groups[0]["lr"] == 0.05
 
 
