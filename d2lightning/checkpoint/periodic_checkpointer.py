@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any
 
+from d2lightning.utils.validation import check_int
+
 __all__ = ["PeriodicCheckpointer"]
 
 logger = logging.getLogger(__name__)
@@ -52,14 +54,9 @@ class PeriodicCheckpointer:
     ) -> None:
         if not callable(getattr(checkpointer, "save", None)):
             raise TypeError(f"checkpointer must have a save(name, **extra) method, got {type(checkpointer).__name__}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ValueError(f"PeriodicCheckpointer period must be an int >= 1, got {period!r}")
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0):
-            raise ValueError(f"PeriodicCheckpointer max_iter must be None or an int >= 0, got {max_iter!r}")
-        if max_to_keep is not None and (
-            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
-        ):
-            raise ValueError(f"PeriodicCheckpointer max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
+        check_int("PeriodicCheckpointer period", period, minimum=1)
+        check_int("PeriodicCheckpointer max_iter", max_iter, minimum=0, allow_none=True)
+        check_int("PeriodicCheckpointer max_to_keep", max_to_keep, minimum=1, allow_none=True)
         if not isinstance(file_prefix, str):
             raise TypeError(f"PeriodicCheckpointer file_prefix must be a str, got {type(file_prefix).__name__}")
         if not file_prefix or os.path.basename(file_prefix) != file_prefix:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from d2lightning.data._cfg import cfg_get
+from d2lightning.config.lookup import cfg_get
 from d2lightning.data.catalog import DatasetCatalog
 from d2lightning.data.dataset_mapper import DatasetMapper
 from d2lightning.data.samplers import InferenceSampler, TrainingSampler
@@ -210,15 +210,17 @@ def build_detection_train_loader(
     if cfg is not None:
         if dataset is None:
             names = cfg_get(cfg, "DATASETS.TRAIN")
-            dataset = get_detection_dataset_dicts(names, cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", True))
+            dataset = get_detection_dataset_dicts(
+                names, cfg_get(cfg, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", default=True)
+            )
         mapper = mapper if mapper is not None else DatasetMapper(cfg, True)
         if sampler is None:
-            name = cfg_get(cfg, "DATALOADER.SAMPLER_TRAIN", "TrainingSampler")
+            name = cfg_get(cfg, "DATALOADER.SAMPLER_TRAIN", default="TrainingSampler")
             if name != "TrainingSampler":
                 raise ValueError(f"Unknown training sampler: {name} (only TrainingSampler is implemented)")
-            sampler = TrainingSampler(len(dataset), seed=int(cfg_get(cfg, "SEED", -1)))  # type: ignore[arg-type]
-        total_batch_size = total_batch_size or int(cfg_get(cfg, "SOLVER.IMS_PER_BATCH", 16))
-        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
+            sampler = TrainingSampler(len(dataset), seed=int(cfg_get(cfg, "SEED", default=-1)))  # type: ignore[arg-type]
+        total_batch_size = total_batch_size or int(cfg_get(cfg, "SOLVER.IMS_PER_BATCH", default=16))
+        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", default=4))
     if dataset is None or total_batch_size is None:
         raise ValueError("build_detection_train_loader needs a cfg, or a dataset and total_batch_size=")
     ds = _as_dataset(dataset, mapper)
@@ -257,7 +259,7 @@ def build_detection_test_loader(
                 raise ValueError("build_detection_test_loader(cfg, dataset_name) needs a dataset_name")
             dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False)
         mapper = mapper if mapper is not None else DatasetMapper(cfg, False)
-        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", 4))
+        num_workers = num_workers if num_workers is not None else int(cfg_get(cfg, "DATALOADER.NUM_WORKERS", default=4))
     if dataset is None:
         raise ValueError("build_detection_test_loader needs a cfg and dataset_name, or a dataset")
     ds = _as_dataset(dataset, mapper)

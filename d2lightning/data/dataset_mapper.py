@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from d2lightning.config.lookup import cfg_get
 from d2lightning.data import detection_utils as utils
-from d2lightning.data._cfg import cfg_get
 from d2lightning.data.transforms import RandomFlip, ResizeShortestEdge, apply_augmentations
 
 __all__ = ["DatasetMapper", "build_augmentation"]
@@ -27,16 +27,16 @@ def build_augmentation(cfg: Any, is_train: bool) -> list[ResizeShortestEdge | Ra
         ValueError: for ``RANDOM_FLIP`` other than "horizontal" or "none".
     """
     if is_train:
-        min_size = cfg_get(cfg, "INPUT.MIN_SIZE_TRAIN", (800,))
-        max_size = cfg_get(cfg, "INPUT.MAX_SIZE_TRAIN", 1333)
-        style = cfg_get(cfg, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
+        min_size = cfg_get(cfg, "INPUT.MIN_SIZE_TRAIN", default=(800,))
+        max_size = cfg_get(cfg, "INPUT.MAX_SIZE_TRAIN", default=1333)
+        style = cfg_get(cfg, "INPUT.MIN_SIZE_TRAIN_SAMPLING", default="choice")
     else:
-        min_size = cfg_get(cfg, "INPUT.MIN_SIZE_TEST", 800)
-        max_size = cfg_get(cfg, "INPUT.MAX_SIZE_TEST", 1333)
+        min_size = cfg_get(cfg, "INPUT.MIN_SIZE_TEST", default=800)
+        max_size = cfg_get(cfg, "INPUT.MAX_SIZE_TEST", default=1333)
         style = "choice"
     sizes = [int(min_size)] if isinstance(min_size, int) else [int(s) for s in min_size]
     augs: list[ResizeShortestEdge | RandomFlip] = [ResizeShortestEdge(sizes, int(max_size), style)]
-    flip = cfg_get(cfg, "INPUT.RANDOM_FLIP", "horizontal")
+    flip = cfg_get(cfg, "INPUT.RANDOM_FLIP", default="horizontal")
     if flip not in ("horizontal", "none"):
         raise ValueError(f"INPUT.RANDOM_FLIP={flip!r} is not supported; use 'horizontal' or 'none'")
     if is_train and flip == "horizontal":
@@ -75,7 +75,7 @@ class DatasetMapper:
             raise ValueError("DatasetMapper needs a cfg, or both augmentations= and image_format=")
         self.is_train = is_train
         self.augmentations = list(augmentations) if augmentations is not None else build_augmentation(cfg, is_train)
-        self.image_format = image_format if image_format is not None else cfg_get(cfg, "INPUT.FORMAT", "BGR")
+        self.image_format = image_format if image_format is not None else cfg_get(cfg, "INPUT.FORMAT", default="BGR")
         if self.image_format not in ("BGR", "RGB"):
             raise ValueError(f"image_format={self.image_format!r} must be 'BGR' or 'RGB'")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from d2lightning._argument_parser import default_argument_parser
+from d2lightning.config.lookup import cfg_get
 from d2lightning.engine.distributed.ddp import create_ddp_model
 from d2lightning.engine.recipes.default_trainer import DefaultTrainer
 from d2lightning.engine.recipes.predictor import DefaultPredictor
@@ -36,19 +37,6 @@ __all__ = [
 DETECTRON2_LOGGERS = ("fvcore", "detectron2")
 
 
-def _lookup(cfg: Any, *keys: str, default: Any = None) -> Any:
-    """The first of ``keys`` (dotted) present in ``cfg`` — detectron2 reads yacs, then LazyConfig names."""
-    for key in keys:
-        node = cfg
-        try:
-            for part in key.split("."):
-                node = node[part] if isinstance(node, Mapping) else getattr(node, part)
-        except (KeyError, AttributeError):
-            continue
-        return node
-    return default
-
-
 def default_setup(cfg: Any, args: Any) -> None:
     """Prepare a run as detectron2's ``default_setup`` does.
 
@@ -65,7 +53,7 @@ def default_setup(cfg: Any, args: Any) -> None:
         cfg: a ``CfgNode`` (or any mapping/attribute tree with detectron2's or LazyConfig's key names).
         args: the parsed arguments (a namespace or a mapping; missing entries count as unset).
     """
-    output_dir = _lookup(cfg, "OUTPUT_DIR", "output_dir", "train.output_dir")
+    output_dir = cfg_get(cfg, "OUTPUT_DIR", "output_dir", "train.output_dir", default=None)
     rank = comm.get_rank()
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -88,11 +76,11 @@ def default_setup(cfg: Any, args: Any) -> None:
         _save_config(cfg, path, logger)
         logger.info(f"Full config saved to {path}")
 
-    seed = _lookup(cfg, "SEED", "seed", "train.seed", default=-1)
+    seed = cfg_get(cfg, "SEED", "seed", "train.seed", default=-1)
     seed_all_rng(None if seed is None or seed < 0 else seed + rank)
     if not arg("eval_only", False):
-        torch.backends.cudnn.benchmark = bool(_lookup(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", default=False))
-    precision = _lookup(cfg, "FLOAT32_PRECISION", "train.float32_precision", default="")
+        torch.backends.cudnn.benchmark = bool(cfg_get(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", default=False))
+    precision = cfg_get(cfg, "FLOAT32_PRECISION", "train.float32_precision", default="")
     if precision:
         torch.set_float32_matmul_precision(precision)
         torch.backends.cuda.matmul.allow_tf32 = precision != "highest"

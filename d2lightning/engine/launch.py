@@ -36,6 +36,7 @@ from d2lightning.engine.distributed.cluster import (
 )
 from d2lightning.engine.distributed.workers import RendezvousTimeoutError, run_in_process, spawn_workers
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +168,9 @@ def _check_arguments(
 ) -> None:
     if not callable(main_func):
         raise TypeError(f"main_func must be callable, got {type(main_func).__name__} {main_func!r}")
-    _check_int("num_gpus_per_machine", num_gpus_per_machine, 1)
-    _check_int("num_machines", num_machines, 1)
-    _check_int("machine_rank", machine_rank, 0)
+    check_int("num_gpus_per_machine", num_gpus_per_machine, 1)
+    check_int("num_machines", num_machines, 1)
+    check_int("machine_rank", machine_rank, 0)
     if machine_rank >= num_machines:  # type: ignore[operator]
         raise ValueError(f"machine_rank={machine_rank} must be < num_machines={num_machines}")
     if not isinstance(timeout, timedelta):
@@ -222,13 +223,6 @@ def _rendezvous_timeout(given: object) -> timedelta:
     if given <= timedelta(0):
         raise ValueError(f"rendezvous_timeout={given!r} must be positive (from {_RENDEZVOUS_VARIABLE} or launch())")
     return given
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}")
 
 
 def _parse_dist_url(dist_url: str | None, num_machines: int) -> tuple[str, int] | None:

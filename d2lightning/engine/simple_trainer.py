@@ -21,6 +21,7 @@ from d2lightning.engine.step import forward_backward
 from d2lightning.engine.trainer_base import TrainerBase
 from d2lightning.utils import comm
 from d2lightning.utils.events import get_event_storage
+from d2lightning.utils.validation import check_int
 
 if TYPE_CHECKING:
     from d2lightning.engine.lightning.run import RunBinding
@@ -81,10 +82,7 @@ class SimpleTrainer(TrainerBase):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__qualname__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__qualname__}")
-        if isinstance(gather_metric_period, bool) or not isinstance(gather_metric_period, int):
-            raise ValueError(f"gather_metric_period must be a positive int, got {gather_metric_period!r}")
-        if gather_metric_period < 1:
-            raise ValueError(f"gather_metric_period must be >= 1, got {gather_metric_period}")
+        check_int("gather_metric_period", gather_metric_period, minimum=1)
         model.train()
         self.model = model
         self.data_loader = data_loader
@@ -105,11 +103,7 @@ class SimpleTrainer(TrainerBase):
 
     @accumulate_grad_batches.setter
     def accumulate_grad_batches(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"accumulate_grad_batches must be an int >= 1 (micro-batches per iteration), got {value!r}"
-            )
-        self._accumulate_grad_batches = value
+        self._accumulate_grad_batches = check_int("accumulate_grad_batches (micro-batches per iteration)", value, 1)
 
     def run_step(self) -> None:
         """One iteration of forward, backward and optimizer step (see the class docstring)."""

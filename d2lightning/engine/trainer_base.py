@@ -26,6 +26,7 @@ from d2lightning.engine.lightning.trainer_module import TrainerModule
 from d2lightning.utils import comm
 from d2lightning.utils.env import get_rng_states, set_rng_states
 from d2lightning.utils.events import EventStorage
+from d2lightning.utils.validation import check_int
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -280,10 +281,7 @@ def _rng_states_of_this_rank(saved: Mapping[str, Any]) -> Mapping[str, Any] | No
 
 def _check_bounds(start_iter: Any, max_iter: Any) -> None:
     for name, value in (("start_iter", start_iter), ("max_iter", max_iter)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        check_int(name, value, minimum=0)
 
 
 class _keyboard_interrupt_propagates:

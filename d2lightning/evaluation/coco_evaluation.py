@@ -30,6 +30,7 @@ from d2lightning.evaluation._coco_backends import coco_params, resolve_backend, 
 from d2lightning.evaluation._coco_format import dataset_to_coco_dict, instances_to_coco_json
 from d2lightning.evaluation.evaluator import DatasetEvaluator
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 __all__ = ["COCOEvaluator"]
 
@@ -145,10 +146,7 @@ class COCOEvaluator(DatasetEvaluator):
     ) -> None:
         if not isinstance(dataset_name, str):
             raise TypeError(f"dataset_name must be a str, got {type(dataset_name).__name__}")
-        if max_dets_per_image is not None and (
-            isinstance(max_dets_per_image, bool) or not isinstance(max_dets_per_image, int) or max_dets_per_image < 1
-        ):
-            raise ValueError(f"max_dets_per_image must be None or a positive int, got {max_dets_per_image!r}")
+        check_int("max_dets_per_image", max_dets_per_image, minimum=1, allow_none=True)
         self._backend = resolve_backend(backend)
         self._dataset_name = dataset_name
         self._tasks = _check_tasks(tasks)

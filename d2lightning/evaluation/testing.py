@@ -11,6 +11,8 @@ import pprint
 from collections.abc import Mapping
 from typing import Any
 
+from d2lightning.config.lookup import cfg_get
+
 __all__ = ["flatten_results_dict", "print_csv_format", "verify_results"]
 
 logger = logging.getLogger(__name__)
@@ -44,16 +46,10 @@ def print_csv_format(results: Mapping[str, Any]) -> None:
             logger.info(f"copypaste: {task}={res}")
 
 
-def _lookup(node: Any, key: str) -> Any:
-    if isinstance(node, Mapping):
-        return node[key]
-    return getattr(node, key)
-
-
 def _expected_results(cfg: Any) -> list[Any]:
     try:
-        expected = _lookup(_lookup(cfg, "TEST"), "EXPECTED_RESULTS")
-    except (KeyError, AttributeError):
+        expected = cfg_get(cfg, "TEST.EXPECTED_RESULTS")
+    except KeyError:
         raise ValueError("cfg has no TEST.EXPECTED_RESULTS entry") from None
     if expected is None:
         return []

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 __all__ = ["BN_MODULE_TYPES", "get_bn_modules", "update_bn_stats"]
 
@@ -110,8 +111,7 @@ def update_bn_stats(
         model.train()
         update_bn_stats(model, itertools.islice(train_loader, 200), num_iters=200)
     """
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"num_iters must be an int >= 1, got {num_iters!r}")
+    check_int("num_iters", num_iters, minimum=1)
     if progress not in (None, "tqdm"):
         raise ValueError(f"progress must be None or 'tqdm', got {progress!r}")
     layers = cast(list[_BatchNorm], get_bn_modules(model))

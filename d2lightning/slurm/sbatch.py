@@ -16,6 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from d2lightning.utils.validation import check_int
+
 __all__ = ["SbatchJob", "render_sbatch_script", "submit_job"]
 
 _TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|UNLIMITED|INFINITE)$")
@@ -148,5 +150,4 @@ def submit_job(script: str, sbatch: str | None = None) -> str:
 
 
 def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_int(name, value, minimum=1)

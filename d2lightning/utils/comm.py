@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from d2lightning.utils.validation import check_int
+
 __all__ = [
     "all_gather",
     "create_local_process_group",
@@ -89,13 +91,9 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
             the local group that already exists.
     """
     global _LOCAL_PROCESS_GROUP, _LOCAL_SIZE, _LOCAL_OWNER
-    if isinstance(num_workers_per_machine, bool) or not isinstance(num_workers_per_machine, int):
-        raise TypeError(
-            f"num_workers_per_machine must be an int, got {type(num_workers_per_machine).__name__} "
-            f"{num_workers_per_machine!r}"
-        )
+    check_int("num_workers_per_machine", num_workers_per_machine, minimum=1)
     world = get_world_size()
-    if num_workers_per_machine < 1 or world % num_workers_per_machine != 0:
+    if world % num_workers_per_machine != 0:
         raise ValueError(
             f"num_workers_per_machine={num_workers_per_machine} must be >= 1 and divide the world size {world}"
         )

@@ -362,9 +362,9 @@ def test_scalar_tensor_output_becomes_total_loss() -> None:
 @pytest.mark.parametrize(
     ("start", "stop", "message"),
     [
-        (-1, 3, "start_iter must be >= 0, got -1"),
-        (0, -2, "max_iter must be >= 0, got -2"),
-        (0, 2.5, "max_iter must be an int, got 2.5"),
+        (-1, 3, "start_iter must be an int >= 0, got -1"),
+        (0, -2, "max_iter must be an int >= 0, got -2"),
+        (0, 2.5, "max_iter must be an int >= 0, got 2.5"),
     ],
 )
 def test_bad_iteration_bounds(start: object, stop: object, message: str) -> None:
@@ -380,7 +380,7 @@ def test_constructor_validation() -> None:
         SimpleTrainer("model", infinite_loader(), opt)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer, got dict"):
         SimpleTrainer(model, infinite_loader(), {})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="gather_metric_period must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="gather_metric_period must be an int >= 1, got 0"):
         SimpleTrainer(model, infinite_loader(), opt, gather_metric_period=0)
     with pytest.raises(ValueError, match=r"precision must be torch\.float16 or torch\.bfloat16"):
         AMPTrainer(model, infinite_loader(), opt, precision=torch.float32)

@@ -235,7 +235,7 @@ def test_input_without_image_id_raises() -> None:
     ("kwargs", "error", "match"),
     [
         ({"tasks": ("bbox", "segm")}, ValueError, "only 'bbox'"),
-        ({"max_dets_per_image": 0}, ValueError, "max_dets_per_image must be None or a positive int, got 0"),
+        ({"max_dets_per_image": 0}, ValueError, "max_dets_per_image must be None or an int >= 1, got 0"),
         ({"gt_dicts": [{"height": 1, "width": 1, "annotations": [_ann([0, 0, 1, 1], 0, 2)]}]}, ValueError,
          "bbox_mode=2"),
         ({"gt_dicts": [{"height": 1, "width": 1, "annotations": [_ann([0, 0, 1, 1], 3)]}]}, ValueError,

@@ -48,9 +48,9 @@ def test_single_process_local_group() -> None:
         comm.get_local_process_group()
     with pytest.raises(ValueError, match="num_workers_per_machine=2 must be >= 1 and divide the world size 1"):
         comm.create_local_process_group(2)
-    with pytest.raises(ValueError, match="num_workers_per_machine=0"):
+    with pytest.raises(ValueError, match="num_workers_per_machine must be an int >= 1, got 0"):
         comm.create_local_process_group(0)
-    with pytest.raises(TypeError, match="num_workers_per_machine must be an int, got str"):
+    with pytest.raises(TypeError, match="num_workers_per_machine must be an int >= 1, got '"):
         comm.create_local_process_group("1")  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Sampler
 
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 __all__ = ["InferenceSampler", "TrainingSampler"]
 
@@ -76,9 +77,7 @@ class TrainingSampler(Sampler[int]):
 
         d2lightning extension: only indices are skipped, no data is loaded.
         """
-        if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 0:
-            raise ValueError(f"num_items must be an int >= 0, got {num_items!r}")
-        self._start = num_items
+        self._start = check_int("num_items", num_items, minimum=0)
 
     def _infinite_indices(self) -> Iterator[int]:
         g = torch.Generator()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_period", "every_n_iters", "is_finished", "is_last_iter"]
+__all__ = ["every_n_iters", "is_finished", "is_last_iter"]
 
 
 def every_n_iters(trainer: Any, n: int) -> bool:
@@ -26,15 +26,3 @@ def is_last_iter(trainer: Any) -> bool:
 def is_finished(trainer: Any) -> bool:
     """In ``after_train``: whether training reached its end (``iter + 1 >= max_iter``)."""
     return trainer.iter + 1 >= trainer.max_iter
-
-
-def check_period(name: str, value: Any, *, allow_zero: bool = False) -> int:
-    """Validate a period argument: an int >= 1 (>= 0 with ``allow_zero``).
-
-    Raises:
-        ValueError: naming the argument and the value.
-    """
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value

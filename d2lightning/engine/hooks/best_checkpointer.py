@@ -13,7 +13,8 @@ import os
 from typing import Any
 
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
+from d2lightning.engine.hooks._periods import every_n_iters, is_finished, is_last_iter
+from d2lightning.utils.validation import check_int
 
 __all__ = ["BestCheckpointer"]
 
@@ -61,7 +62,7 @@ class BestCheckpointer(HookBase):
         mode: str = "max",
         file_prefix: str = "model_best",
     ) -> None:
-        self._period = check_period("BestCheckpointer eval_period", eval_period, allow_zero=True)
+        self._period = check_int("BestCheckpointer eval_period", eval_period, minimum=0)
         if not callable(getattr(checkpointer, "save", None)):
             raise TypeError(f"checkpointer must have a save(name, **extra) method, got {type(checkpointer).__name__}")
         if not isinstance(val_metric, str) or not val_metric:

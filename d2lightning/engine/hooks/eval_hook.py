@@ -16,11 +16,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_finished, is_last_iter
+from d2lightning.engine.hooks._periods import every_n_iters, is_finished, is_last_iter
 from d2lightning.engine.lightning import _private
 from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 __all__ = ["EvalHook"]
 
@@ -76,7 +77,7 @@ class EvalHook(HookBase):
     """
 
     def __init__(self, eval_period: int, eval_function: Callable[[], Any], eval_after_train: bool = True) -> None:
-        self._period = check_period("EvalHook eval_period", eval_period, allow_zero=True)
+        self._period = check_int("EvalHook eval_period", eval_period, minimum=0)
         if not callable(eval_function):
             raise TypeError(f"EvalHook eval_function must be callable, got {eval_function!r}")
         self._func = eval_function

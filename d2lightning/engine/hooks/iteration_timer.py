@@ -11,6 +11,7 @@ import logging
 import time
 
 from d2lightning.engine.hook_base import HookBase
+from d2lightning.utils.validation import check_int
 
 __all__ = ["IterationTimer"]
 
@@ -60,9 +61,7 @@ class IterationTimer(HookBase):
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:
-        if isinstance(warmup_iter, bool) or not isinstance(warmup_iter, int) or warmup_iter < 0:
-            raise ValueError(f"warmup_iter must be an int >= 0, got {warmup_iter!r}")
-        self._warmup_iter = warmup_iter
+        self._warmup_iter = check_int("warmup_iter", warmup_iter, minimum=0)
         self._step_timer = _Timer()
         self._start_time = time.perf_counter()
         self._total_timer = _Timer()

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
+from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
+from d2lightning.utils.validation import check_int
 
 __all__ = ["PeriodicWriter"]
 
@@ -34,7 +35,7 @@ class PeriodicWriter(HookBase):
         for w in self._writers:
             if not (callable(getattr(w, "write", None)) and callable(getattr(w, "close", None))):
                 raise TypeError(f"PeriodicWriter writers must be EventWriters (write() and close()), got {w!r}")
-        self._period = check_period("PeriodicWriter period", period)
+        self._period = check_int("PeriodicWriter period", period, minimum=1)
 
     def after_step(self) -> None:
         if every_n_iters(self.trainer, self._period) or is_last_iter(self.trainer):

@@ -13,9 +13,10 @@ from typing import Any
 from torch import nn
 
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
+from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
 from d2lightning.layers.batch_norm import get_bn_modules, update_bn_stats
 from d2lightning.utils.events import EventStorage
+from d2lightning.utils.validation import check_int
 
 __all__ = ["PreciseBN"]
 
@@ -61,8 +62,8 @@ class PreciseBN(HookBase):
     """
 
     def __init__(self, period: int, model: nn.Module, data_loader: Iterable[Any], num_iter: int) -> None:
-        self._period = check_period("PreciseBN period", period, allow_zero=True)
-        self._num_iter = check_period("PreciseBN num_iter", num_iter)
+        self._period = check_int("PreciseBN period", period, minimum=0)
+        self._num_iter = check_int("PreciseBN num_iter", num_iter, minimum=1)
         if not isinstance(model, nn.Module):
             raise TypeError(f"PreciseBN model must be a torch.nn.Module, got {type(model).__qualname__}")
         if not isinstance(data_loader, Iterable):

@@ -10,7 +10,8 @@ import logging
 import torch
 
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period, every_n_iters, is_last_iter
+from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
+from d2lightning.utils.validation import check_int
 
 __all__ = ["TorchMemoryStats"]
 
@@ -37,8 +38,8 @@ class TorchMemoryStats(HookBase):
     """
 
     def __init__(self, period: int = 20, max_runs: int = 10) -> None:
-        self._period = check_period("TorchMemoryStats period", period)
-        self._max_runs = check_period("TorchMemoryStats max_runs", max_runs, allow_zero=True)
+        self._period = check_int("TorchMemoryStats period", period, minimum=1)
+        self._max_runs = check_int("TorchMemoryStats max_runs", max_runs, minimum=0)
         self._runs = 0
 
     def after_step(self) -> None:

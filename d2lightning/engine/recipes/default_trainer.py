@@ -20,6 +20,7 @@ import torch
 
 from d2lightning import _compat
 from d2lightning.checkpoint import CorruptCheckpointError, DetectionCheckpointer
+from d2lightning.config.lookup import cfg_get
 from d2lightning.engine import hooks
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.distributed.ddp import create_ddp_model
@@ -52,8 +53,7 @@ logger = logging.getLogger(__name__)
 
 def _accumulate_grad_batches(cfg: Any) -> int:
     """``LIGHTNING.ACCUMULATE_GRAD_BATCHES`` (1 for a config without the section, e.g. detectron2's)."""
-    section = cfg.get("LIGHTNING") if isinstance(cfg, Mapping) else getattr(cfg, "LIGHTNING", None)
-    return int(section.ACCUMULATE_GRAD_BATCHES) if section is not None else 1
+    return int(cfg_get(cfg, "LIGHTNING.ACCUMULATE_GRAD_BATCHES", default=1))
 
 
 class DefaultTrainer(TrainerBase):

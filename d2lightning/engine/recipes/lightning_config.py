@@ -28,9 +28,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Mapping
 from typing import Any
 
+from d2lightning.config.lookup import cfg_get
 from d2lightning.engine.trainer_base import _is_hook
 from d2lightning.utils import comm
 
@@ -55,7 +55,7 @@ _FLOAT16_MIXED = ("16", "16-mixed")
 
 
 def _section(cfg: Any) -> Any:
-    return cfg.get("LIGHTNING") if isinstance(cfg, Mapping) else getattr(cfg, "LIGHTNING", None)
+    return cfg_get(cfg, "LIGHTNING", default=None)
 
 
 def lightning_kwargs_from_cfg(cfg: Any) -> dict[str, Any]:

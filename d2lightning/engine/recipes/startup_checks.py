@@ -9,10 +9,11 @@ layer), ``SOLVER.IMS_PER_BATCH`` not divisible by the number of processes (an er
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from d2lightning.config.lookup import cfg_get
 
 __all__ = ["check_device", "check_trainable"]
 
@@ -43,8 +44,7 @@ def check_trainable(cfg: Any, world_size: int) -> None:
             f"SOLVER.IMS_PER_BATCH={batch} must be a positive multiple of the number of processes ({world_size}, "
             "--num-gpus x --num-machines): each process takes an equal share of the batch"
         )
-    section = cfg.get("LIGHTNING") if isinstance(cfg, Mapping) else getattr(cfg, "LIGHTNING", None)
-    precision = getattr(section, "PRECISION", None)
+    precision = cfg_get(cfg, "LIGHTNING.PRECISION", default=None)
     if precision in _CONVERTING:
         dtype = _CONVERTING[precision]
         raise ValueError(

@@ -32,9 +32,9 @@ import torch.distributed as dist
 from d2lightning.checkpoint.atomic import atomic_write_text
 from d2lightning.checkpoint.discovery import find_checkpointers
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import check_period as _check_period
 from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
 from d2lightning.utils import comm
+from d2lightning.utils.validation import check_int
 
 __all__ = ["PREEMPTED_CHECKPOINT_FILE", "TERMINATED", "SigtermCheckpoint", "StopOnSignal", "TrainingPreempted"]
 
@@ -99,7 +99,7 @@ class StopOnSignal(HookBase):
     def __init__(self, checkpointer: Any = None, check_period: int = 20) -> None:
         if checkpointer is not None and not callable(getattr(checkpointer, "save", None)):
             raise TypeError(f"checkpointer must have a save(name, **extra) method, got {type(checkpointer).__name__}")
-        self.check_period = _check_period(f"{type(self).__name__} check_period", check_period)
+        self.check_period = check_int(f"{type(self).__name__} check_period", check_period, minimum=1)
         self._given_checkpointer = checkpointer
         self._checkpointer: Any = None
         self._received: set[int] = set()

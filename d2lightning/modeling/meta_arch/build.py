@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2lightning.data._cfg import cfg_get
+from d2lightning.config.lookup import cfg_get
 from d2lightning.modeling.registry import Registry
 
 __all__ = ["META_ARCH_REGISTRY", "build_model"]
@@ -30,7 +30,7 @@ def build_model(cfg: Any) -> nn.Module:
     """
     name = cfg_get(cfg, "MODEL.META_ARCHITECTURE")
     model = META_ARCH_REGISTRY.get(name)(cfg)
-    device = cfg_get(cfg, "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg_get(cfg, "MODEL.DEVICE", default="cuda" if torch.cuda.is_available() else "cpu")
     model.to(torch.device(device))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("Built model %s on %s (%d parameters)", name, device, n_params)

@@ -18,7 +18,7 @@ from torch import nn
 
 from d2lightning.config.configurable import configurable
 from d2lightning.config.defaults import SHAPES_DETECTOR_KEYS
-from d2lightning.data._cfg import cfg_get
+from d2lightning.config.lookup import cfg_get
 from d2lightning.modeling import centernet
 from d2lightning.modeling.backbone import ShapesBackbone
 from d2lightning.modeling.meta_arch.build import META_ARCH_REGISTRY
@@ -39,7 +39,7 @@ _PRIOR_BIAS = -2.19  # sigmoid(-2.19) = 0.1, CenterNet's heatmap initialisation
 
 
 def _opt(cfg: Any, name: str) -> Any:
-    return cfg_get(cfg, _KEY + name, SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"][name])
+    return cfg_get(cfg, _KEY + name, default=SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"][name])
 
 
 def _head(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
@@ -103,9 +103,9 @@ class ShapesDetector(nn.Module):
     def from_config(cls, cfg: Any) -> dict[str, Any]:
         """The constructor's arguments from a config (missing keys take their defaults)."""
         return {
-            "pixel_mean": cfg_get(cfg, "MODEL.PIXEL_MEAN", [103.530, 116.280, 123.675]),
-            "pixel_std": cfg_get(cfg, "MODEL.PIXEL_STD", [1.0, 1.0, 1.0]),
-            "input_format": cfg_get(cfg, "INPUT.FORMAT", "BGR"),
+            "pixel_mean": cfg_get(cfg, "MODEL.PIXEL_MEAN", default=[103.530, 116.280, 123.675]),
+            "pixel_std": cfg_get(cfg, "MODEL.PIXEL_STD", default=[1.0, 1.0, 1.0]),
+            "input_format": cfg_get(cfg, "INPUT.FORMAT", default="BGR"),
             **{name.lower(): _opt(cfg, name) for name in SHAPES_DETECTOR_DEFAULTS["MODEL"]["SHAPES_DETECTOR"]},
         }
 
