@@ -255,8 +255,8 @@ class SampledStream(StreamBase):
             )
         if waiting:
             return (
-                f"{where}: exact, except the random augmentation of the {waiting} images that waited in the "
-                "aspect-ratio buckets at the cut"
+                f"{where}: exact, except the random augmentation of the {waiting} image{'s' * (waiting > 1)} that "
+                "waited in the aspect-ratio buckets at the cut"
             )
         return None
 
