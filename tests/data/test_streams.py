@@ -333,6 +333,18 @@ def test_a_state_that_cannot_be_honoured_names_what_changed(change, key, message
     )
 
 
+def test_a_refused_state_leaves_the_stream_at_its_start_and_the_global_rng_alone():
+    state = _state_of(_parts(0, True))
+    stream = SampledStream(_parts(0, True, n=25, dataset=_Plain(_dicts(25))))
+    with pytest.raises(StreamStateError):
+        stream.load_state_dict(state)
+    _seed(3)
+    before = stream_rng.capture()
+    first = next(stream)
+    assert stream_rng.capture() == before
+    assert first == next(SampledStream(_parts(0, True, n=25, dataset=_Plain(_dicts(25)))))
+
+
 def test_a_state_from_another_world_size_or_sampler_is_refused(monkeypatch):
     state = _state_of(_parts(0, True))
     other = _parts(0, True)

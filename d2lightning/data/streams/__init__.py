@@ -1,21 +1,30 @@
 """Resumable training streams: a train loader's batches, with a state that continues them exactly elsewhere.
 
 :func:`resumable_stream` recognises a loader and returns a :class:`TrainStream` (or None for a loader it cannot
-resume). The engine, on every rank: creates the stream when training starts; at resume calls
-``load_state_dict(saved)`` (or ``seek(num_batches)`` when the checkpoint has no stream state, logging the returned
-text if any) before the first ``next``; takes ``state_dict()`` whenever it writes a checkpoint (no collective).
+resume). The engine, on every rank:
+
+1. ``stream = resumable_stream(loader)`` when training starts; None: iterate the loader as it is and, at resume, log
+   ``unresumable_loader_message(loader, iteration)``.
+2. At resume, before the first ``next``: ``stream.load_state_dict(saved)`` with this rank's saved state. When the
+   checkpoint holds none (written by detectron2 or an older d2lightning): ``warning = stream.seek(num_batches)``
+   (``num_batches`` = iterations done * batches per iteration), logging ``warning`` when it is not None. A
+   :class:`StreamStateError` says in one line what changed (dataset size, batch size, sampler, its seed, number of
+   processes, workers, grouping): log it as a warning and the stream restarts from its first batch — or refuse to
+   resume where exactness was asked for. (Seeking from the count then would place a changed stream at a position
+   that means nothing for the old run.)
+3. Restore the global RNG states before or after: a resumed stream's first ``next`` draws nothing from them
+   (a fresh stream's first ``next`` draws the DataLoader's base seed from torch's generator, as ``iter(loader)``).
+4. ``stream.state_dict()`` whenever a checkpoint is written: this rank's state, no collective; a few hundred bytes,
+   plus ~10 KB per DataLoader worker and per image waiting in the aspect-ratio buckets on detectron2's loader.
 
 What each loader gets:
 
-========================================================  ==================================================
-loader                                                    stream
-========================================================  ==================================================
-anything with ``state_dict``/``load_state_dict``          :class:`StatefulLoaderStream` (its own state)
-(torchdata's ``StatefulDataLoader``)
-d2lightning's ``build_detection_train_loader``            :class:`StartIterationStream` (exact from the count)
-detectron2's ``build_detection_train_loader``             :class:`SampledStream` (capture and restore)
-anything else                                             None (:func:`unresumable_loader_message` says why)
-========================================================  ==================================================
+| loader | stream |
+|---|---|
+| with ``state_dict``/``load_state_dict`` (``StatefulDataLoader``) | :class:`StatefulLoaderStream`: its own state |
+| d2lightning's ``build_detection_train_loader`` | :class:`StartIterationStream`: exact from the batch count |
+| detectron2's ``build_detection_train_loader`` | :class:`SampledStream`: capture and restore |
+| anything else | None; :func:`unresumable_loader_message` says why |
 """
 
 from __future__ import annotations

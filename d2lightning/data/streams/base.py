@@ -42,7 +42,8 @@ class TrainStream(Protocol):
         """Continue exactly after the batch at which ``state`` was taken; before the first ``next`` only.
 
         Raises:
-            StreamStateError: when ``state`` cannot be honoured (names what changed).
+            StreamStateError: when ``state`` cannot be honoured (names what changed); the stream is then left at its
+                beginning, like one that sought 0 batches.
         """
         ...
 
@@ -128,9 +129,9 @@ class StreamBase:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._require_unstarted("load_state_dict")
+        self._resumed = True  # even when refused: the stream then restarts, leaving the global RNG alone
         self._check_config(state)
         self._batches = int(state["batches"])
-        self._resumed = True
         self._load(state)
 
     def seek(self, num_batches: int) -> str | None:
