@@ -471,9 +471,17 @@ def test_a_stateful_dataloader_passes_its_own_state_through(workers):
     assert warning is not None and "restarts from its first batch" in warning
 
 
+class _PlainSampler(torch.utils.data.Sampler[int]):
+    def __iter__(self):
+        while True:
+            yield from range(5)
+
+
 def test_unknown_loaders_get_none_and_a_message_naming_them():
     assert resumable_stream(iter([1, 2])) is None
     assert resumable_stream(DataLoader(_Numbers(), batch_size=2)) is None
+    own_without_seek = build_detection_train_loader(_dicts(5), mapper=None, sampler=_PlainSampler(), total_batch_size=2)
+    assert resumable_stream(own_without_seek) is None  # a sampler without set_start cannot be placed
     message = unresumable_loader_message(DataLoader(_Numbers()), 300)
     assert message.startswith(
         "The train loader torch.utils.data.dataloader.DataLoader cannot be resumed at iteration 300: its stream "

@@ -22,7 +22,7 @@ What each loader gets:
 | loader | stream |
 |---|---|
 | with ``state_dict``/``load_state_dict`` (``StatefulDataLoader``) | :class:`StatefulLoaderStream`: its own state |
-| d2lightning's ``build_detection_train_loader`` | :class:`StartIterationStream`: exact from the batch count |
+| d2lightning's ``build_detection_train_loader`` (a sampler with ``set_start``) | :class:`StartIterationStream` |
 | detectron2's ``build_detection_train_loader`` | :class:`SampledStream`: capture and restore |
 | anything else | None; :func:`unresumable_loader_message` says why |
 """
@@ -53,7 +53,7 @@ def resumable_stream(loader: Any) -> TrainStream | None:
     """The resumable stream of ``loader``, or None when it is none of the loaders in the module's table."""
     if callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None)):
         return StatefulLoaderStream(loader)
-    if isinstance(loader, _BatchDataLoader):
+    if isinstance(loader, _BatchDataLoader) and loader.seekable:
         return StartIterationStream(loader)
     parts = _compat.detectron2_train_loader_parts(loader)
     if parts is not None:
