@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from d2lightning.data.streams import rng
 from d2lightning.data.streams.base import StreamBase, qualname, sampler_digest
-from d2lightning.data.streams.replay import fetches_of_worker, replay_grouping, wide_flags, worker_share
+from d2lightning.data.streams.replay import replay_grouping, wide_flags
+from d2lightning.data.streams.workers import Fetch, ShardedItems, WorkerPlan, rebuild_loader
 from d2lightning.utils import comm
 
 __all__ = ["LoaderParts", "SampledStream"]
@@ -67,17 +68,6 @@ class LoaderParts:
     name: str = "the train loader"
 
 
-class _Fetch(NamedTuple):
-    """One DataLoader output: ``data`` plus where it came from (a tuple, so ``pin_memory`` reaches ``data``)."""
-
-    data: Any
-    worker: int
-    pre: rng.RngSnapshot | None  # RNG state before mapping its (first) item, when taken
-    post: rng.RngSnapshot | None  # the worker's RNG state after the fetch (workers only)
-    position: int  # stream position of its (first) item; -1 for a placeholder
-    dataset_index: int
-
-
 @dataclass
 class _Waiting:
     """An item in a grouping bucket; ``item`` is None until a resumed stream re-maps it."""
@@ -86,63 +76,6 @@ class _Waiting:
     position: int
     index: int
     pre: rng.RngSnapshot | None
-
-
-@dataclass(frozen=True)
-class _WorkerPlan:
-    """What each worker of a resumed stream needs: the fetch count at the cut and the workers' RNG states."""
-
-    fetches: int
-    states: tuple[rng.RngSnapshot | None, ...]
-
-
-class _ShardedItems(IterableDataset):
-    """Runs in each worker (or the main process): its share of the index stream, mapped, as
-    ``(item, pre-mapping RNG state or None, position, index)``."""
-
-    def __init__(self, parts: LoaderParts, fetch_size: int, plan: _WorkerPlan | None, pre_each: bool) -> None:
-        self.dataset, self.sampler, self.chunk_size = parts.dataset, parts.sampler, parts.chunk_size
-        self.fetch_size, self.plan, self.pre_each = fetch_size, plan, pre_each
-
-    def __iter__(self) -> Iterator[tuple[Any, rng.RngSnapshot | None, int, int]]:
-        info = get_worker_info()
-        worker, workers = (-1, 0) if info is None else (info.id, info.num_workers)
-        skip = 0
-        if self.plan is not None:
-            skip = fetches_of_worker(self.plan.fetches, worker, workers) * self.fetch_size
-            if workers and worker < self.plan.fetches % workers:
-                # the round robin starts at worker 0; the next real fetch is worker (fetches % workers)'s
-                yield from [(None, None, -1, -1)] * self.fetch_size
-            state = self.plan.states[worker] if workers else None
-            if state is not None:
-                rng.restore(state)
-        share = worker_share(self.sampler, worker, workers, self.chunk_size)
-        for n, (position, index) in enumerate(_skip(share, skip)):
-            pre = rng.capture() if self.pre_each or (n == 0 and workers) else None
-            yield self.dataset[index], pre, position, index
-
-
-def _skip(items: Iterator[Any], count: int) -> Iterator[Any]:
-    for _ in range(count):
-        next(items)
-    return items
-
-
-class _CollateAndCapture:
-    """The DataLoader's ``collate_fn``: the loader's own collate, plus where the fetch came from and, in a worker,
-    the worker's RNG state after it."""
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, samples: list[tuple[Any, Any, int, int]]) -> _Fetch:
-        info = get_worker_info()
-        worker = -1 if info is None else info.id
-        _, pre, position, index = samples[0]
-        if position < 0:
-            return _Fetch(None, worker, None, None, -1, -1)
-        data = self.collate_fn([s[0] for s in samples])
-        return _Fetch(data, worker, pre, None if info is None else rng.capture(), position, index)
 
 
 class SampledStream(StreamBase):
@@ -164,7 +97,9 @@ class SampledStream(StreamBase):
     def __init__(self, parts: LoaderParts) -> None:
         super().__init__(parts.name)
         loader = parts.loader
-        if loader.batch_size is None or (parts.group_batch_size is not None and loader.batch_size != 1):
+        if loader.batch_size is None:
+            raise ValueError(f"{parts.name}: the DataLoader must batch (batch_size=None is not supported)")
+        if parts.group_batch_size is not None and loader.batch_size != 1:
             raise ValueError(f"{parts.name}: a grouping loader fetches one item at a time, got {loader.batch_size}")
         self.parts = parts
         self._workers = int(loader.num_workers)
@@ -176,7 +111,7 @@ class SampledStream(StreamBase):
         self._buckets: tuple[list[_Waiting], list[_Waiting]] = ([], [])
         self._base_state: bytes | None = None
         self._digest: str | None = None
-        self._it: Iterator[_Fetch] | None = None
+        self._it: Iterator[Fetch] | None = None
         self._world, self._rank = comm.get_world_size(), comm.get_rank()
 
     # ---------------------------------------------------------------- state
@@ -267,9 +202,11 @@ class SampledStream(StreamBase):
                 with rng.forked(waiting.pre) as start:
                     waiting.pre = start
                     waiting.item = self.parts.dataset[waiting.index]
-        plan = _WorkerPlan(self._fetches, tuple(self._posts)) if self._resumed else None
-        items = _ShardedItems(self.parts, self._fetch_size, plan, pre_each=self._grouping and not self._workers)
-        loader = _rebuild_loader(self.parts.loader, items)
+        parts = self.parts
+        plan = WorkerPlan(self._fetches, tuple(self._posts)) if self._resumed else None
+        pre_each = self._grouping and not self._workers
+        items = ShardedItems(parts.dataset, parts.sampler, parts.chunk_size, self._fetch_size, plan, pre_each)
+        loader = rebuild_loader(parts.loader, items)
         with self._base_seed_draw(loader.generator, self._base_state if self._resumed else None) as drawn_from:
             self._base_state = drawn_from
             self._it = iter(loader)
@@ -278,7 +215,7 @@ class SampledStream(StreamBase):
                 if next(self._it).position >= 0:
                     raise RuntimeError("a resumed worker handed out data in place of its placeholder fetch")
 
-    def _pull(self) -> _Fetch:
+    def _pull(self) -> Fetch:
         fetch = next(self._it)  # type: ignore[arg-type]
         self._fetches += 1
         if fetch.worker >= 0:
@@ -304,25 +241,3 @@ class SampledStream(StreamBase):
             collated = self.parts.group_collate(batch)
             if collated is not None:
                 return collated
-
-
-def _rebuild_loader(loader: DataLoader, items: _ShardedItems) -> DataLoader:
-    """A DataLoader over ``items`` with ``loader``'s settings and a collate that also reports where fetches come
-    from."""
-    workers = int(loader.num_workers)
-    extra: dict[str, Any] = {"pin_memory_device": loader.pin_memory_device} if loader.pin_memory_device else {}
-    return DataLoader(
-        items,
-        batch_size=loader.batch_size,
-        drop_last=loader.drop_last,
-        num_workers=workers,
-        collate_fn=_CollateAndCapture(loader.collate_fn),
-        worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor if workers else None,
-        persistent_workers=loader.persistent_workers,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        multiprocessing_context=loader.multiprocessing_context,
-        **extra,
-    )
