@@ -137,6 +137,23 @@ def test_sampled_stream_resumed_from_its_state_continues_exactly(workers, groupi
     assert _ids(restarted) != _ids(batches[6:])  # without the state the stream starts over
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_resumed_twice_continues_exactly(workers):
+    """Resumed after batch 4, cut again right after batch 5 (some workers delivered nothing since the resume, some
+    images still wait from before it), resumed again: batches 6..12 are the uninterrupted ones."""
+    make = lambda: SampledStream(_parts(workers, True, batch=5))  # noqa: E731
+    batches, state, rng_states = _run(make, cut=4)
+    _seed(1)
+    first = make()
+    first.load_state_dict(state)
+    stream_rng.restore(rng_states)
+    assert next(first) == batches[4]
+    _model_draw()
+    state, rng_states = _through_checkpoint(first.state_dict()), stream_rng.capture()
+    _seed(2)
+    assert _resume(make(), rng_states, 7, state) == batches[5:]
+
+
 def test_sampled_stream_state_holds_worker_rng_and_waiting_items():
     _, state, _ = _run(lambda: SampledStream(_parts(2, True, batch=5)))
     assert state["stream"] == "SampledStream" and state["batches"] == 6

@@ -2,7 +2,7 @@
 
 A snapshot is a plain ``dict`` of ints, floats, tuples and ``bytes``: cheap to send from a DataLoader worker to the
 main process (no tensor, so no shared-memory handle per snapshot; Python's state as packed words) and loadable by
-``torch.load(weights_only=True)`` when it sits in a checkpoint. About 7.6 KB pickled; taking one costs ~0.1 ms
+``torch.load(weights_only=True)`` when it sits in a checkpoint. About 10 KB pickled; taking one costs ~0.1 ms
 (numpy's ``get_state`` dominates: it copies its key word by word).
 
 CUDA generators are not included: a data mapper runs on the CPU. (The engine saves the main process' full RNG
