@@ -17,7 +17,18 @@ A resumed stream starts workers with their saved states, re-maps the waiting ite
 states (in the main process, leaving its generators untouched), and skips indices without mapping them. Items
 mapped in the main process (no workers) draw from the global generators, which the engine restores.
 
-Cost: ~0.1 ms per fetch in each worker (one RNG snapshot) plus ~12 KB sent with it; without workers, with
+Why not seed every item from its stream position (as d2lightning's own loader does)? That needs no state beyond
+the count, but its augmentations differ from detectron2's even in an uninterrupted run; capture and restore keeps
+an uninterrupted run bit for bit detectron2's (the promise that detectron2's scripts give the same weights under
+d2lightning), at the price of a per-rank state in the checkpoint and a snapshot per fetch.
+
+:meth:`SampledStream.seek` (checkpoints without a stream state) replays the index stream and, with grouping, the
+buckets from the dataset dicts' ``width``/``height`` (detectron2 groups by the mapped item's, which
+``DatasetMapper`` copies): which images come in which batch, in which order, is exact. Without workers the
+augmentation after the cut is exact too, except for the images waiting in the buckets at the cut; with workers it
+is not (their generators advanced with every item they mapped). The returned text says which.
+
+Cost: ~0.1 ms per fetch in each worker (one RNG snapshot) plus ~10 KB sent with it; without workers, with
 grouping, one snapshot per item in the main process; nothing when neither applies. Not covered: a mapper that
 returns None (detectron2's ``MapDataset`` then retries a random other index with a generator of its own, which
 the state does not hold), a mapper that draws from CUDA generators, and a ``collate_fn`` that draws random numbers
@@ -83,7 +94,7 @@ class SampledStream(StreamBase):
 
     Uninterrupted, its batches equal ``iter(loader)``'s bit for bit (same base-seed draw, worker seeding,
     sharding, fetch order and grouping). Its ``state_dict`` holds the fetch count, each worker's RNG state, the
-    waiting items and the base-seed generator state: a few KB per worker and per waiting item.
+    waiting items and the base-seed generator state: ~10 KB per worker and per waiting item.
 
     Example::
 
