@@ -121,14 +121,12 @@ class SampledStream(StreamBase):
         self._posts: list[rng.RngSnapshot | None] = [None] * self._workers
         self._buckets: tuple[list[_Waiting], list[_Waiting]] = ([], [])
         self._base_state: bytes | None = None
-        self._digest: str | None = None
+        self._digest = sampler_digest(parts.sampler)  # now: one pass over the sampler's first epoch
         self._it: Iterator[Fetch] | None = None
         self._world, self._rank = comm.get_world_size(), comm.get_rank()
 
     # ---------------------------------------------------------------- state
     def _config(self) -> dict[str, Any]:
-        if self._digest is None:
-            self._digest = sampler_digest(self.parts.sampler)
         return {
             "world_size": self._world,
             "rank": self._rank,
