@@ -209,6 +209,21 @@ def test_a_resumed_stream_leaves_the_global_generators_alone(workers, dataset):
     assert stream_rng.capture() == before
 
 
+def test_a_state_taken_before_the_first_batch_leaves_a_fresh_stream():
+    """Saved before the first batch (a checkpoint at iteration 0): the uninterrupted run draws its base seed after
+    the checkpoint, so the resumed stream draws it too, from the restored generators."""
+    parts = lambda: _parts(2, True, dataset=_Plain(_dicts(23)))  # noqa: E731
+    state = _through_checkpoint(SampledStream(parts()).state_dict())
+    _seed(3)
+    fresh = next(SampledStream(parts()))
+    after_fresh = stream_rng.capture()
+    resumed = SampledStream(parts())
+    resumed.load_state_dict(state)
+    _seed(3)
+    assert next(resumed) == fresh
+    assert stream_rng.capture() == after_fresh
+
+
 # ---------------------------------------------------------------- seek (from the iteration alone)
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("grouping", [False, True], ids=["plain", "grouping"])

@@ -25,8 +25,10 @@ class TrainStream(Protocol):
     ``next()`` as often as needed; ``state_dict()`` at any time. The first ``next`` starts the underlying loader
     (creating its iterator draws the DataLoader's base seed from torch's global generator, exactly as
     ``iter(loader)`` does — detectron2's trainer does it in its first step). A stream that loaded a state or sought
-    takes that draw on a copy of the generator: it leaves the global RNG untouched, so the engine may restore the
-    checkpoint's RNG states before or after creating it.
+    past batch 0 takes that draw on a copy of the generator: it leaves the global RNG untouched, so the engine may
+    restore the checkpoint's RNG states before or after its first ``next``. (A state taken before the first batch,
+    or ``seek(0)``, leaves a fresh stream, which draws for real as the uninterrupted run did after that point:
+    restore the RNG states before its first ``next``.)
     """
 
     def __iter__(self) -> Iterator[Any]: ...
@@ -132,6 +134,8 @@ class StreamBase:
         self._resumed = True  # even when refused: the stream then restarts, leaving the global RNG alone
         self._check_config(state)
         self._batches = int(state["batches"])
+        # a state taken before the first batch: the uninterrupted run draws its base seed after it, so do we
+        self._resumed = self._batches > 0
         self._load(state)
 
     def seek(self, num_batches: int) -> str | None:
@@ -139,7 +143,7 @@ class StreamBase:
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
             raise ValueError(f"num_batches must be an int >= 0, got {num_batches!r}")
         self._batches = num_batches
-        self._resumed = True
+        self._resumed = num_batches > 0
         return self._seek(num_batches)
 
     # ---------------------------------------------------------------- for subclasses
