@@ -514,6 +514,8 @@ def test_unknown_loaders_get_none_and_a_message_naming_them():
     assert resumable_stream(DataLoader(_Numbers(), batch_size=2)) is None
     own_without_seek = build_detection_train_loader(_dicts(5), mapper=None, sampler=_PlainSampler(), total_batch_size=2)
     assert resumable_stream(own_without_seek) is None  # a sampler without set_start cannot be placed
+    stream = SampledStream(_parts(0, False))
+    assert resumable_stream(stream) is stream and isinstance(stream, TrainStream)
     message = unresumable_loader_message(DataLoader(_Numbers()), 300)
     assert message.startswith(
         "The train loader torch.utils.data.dataloader.DataLoader cannot be resumed at iteration 300: its stream "

@@ -33,7 +33,7 @@ from typing import Any
 
 from d2lightning import _compat
 from d2lightning.data.build import _BatchDataLoader
-from d2lightning.data.streams.base import StreamStateError, TrainStream
+from d2lightning.data.streams.base import StreamBase, StreamStateError, TrainStream
 from d2lightning.data.streams.loaders import StartIterationStream, StatefulLoaderStream
 from d2lightning.data.streams.sampled import LoaderParts, SampledStream
 
@@ -50,7 +50,10 @@ __all__ = [
 
 
 def resumable_stream(loader: Any) -> TrainStream | None:
-    """The resumable stream of ``loader``, or None when it is none of the loaders in the module's table."""
+    """The resumable stream of ``loader``, or None when it is none of the loaders in the module's table (a stream
+    is returned as it is)."""
+    if isinstance(loader, StreamBase):
+        return loader
     if callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None)):
         return StatefulLoaderStream(loader)
     if isinstance(loader, _BatchDataLoader) and loader.seekable:
