@@ -203,6 +203,36 @@ def test_lazyconfig_loader_is_recognised_and_resumes():
     assert _same(_take(resumed, 4), batches[4:])
 
 
+def _reversed(batch: list[dict]) -> list[dict]:
+    return batch[::-1]
+
+
+def test_a_grouping_loader_with_its_own_collate_fn():
+    """With ``collate_fn`` and grouping, detectron2 wraps the grouping in ``MapDataset(..., collate_fn)``."""
+    from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader
+
+    cfg = _cfg("TrainingSampler", 0, True)
+
+    def build() -> Any:
+        _seed(5)
+        dicts = DatasetCatalog.get(DATASET)
+        mapper = DatasetMapper(cfg, True)
+        return build_detection_train_loader(dicts, mapper=mapper, total_batch_size=5, collate_fn=_reversed)
+
+    own = _take(iter(build()), 8)
+    stream = resumable_stream(build())
+    assert isinstance(stream, SampledStream) and stream.parts.group_collate is not None
+    batches = _take(stream, 4)
+    state, rng_states = _checkpoint(stream.state_dict()), stream_rng.capture()
+    batches += _take(stream, 4)
+    assert _same(batches, own)
+    resumed = resumable_stream(build())
+    assert resumed is not None
+    resumed.load_state_dict(state)
+    stream_rng.restore(rng_states)
+    assert _same(_take(resumed, 4), batches[4:])
+
+
 def test_loaders_that_cannot_be_continued_are_not_recognised():
     """A sampler that shards by worker itself, or a DataLoader that may yield out of order."""
     from detectron2.data import DatasetFromList, MapDataset, ToIterableDataset
