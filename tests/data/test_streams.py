@@ -9,6 +9,7 @@ and the resumed run restores them after loading the stream's state.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import operator
 import random
@@ -375,6 +376,37 @@ def test_a_refused_state_leaves_the_stream_at_its_start_and_the_global_rng_alone
     first = next(stream)
     assert stream_rng.capture() == before
     assert first == next(SampledStream(_parts(0, True, n=25, dataset=_Plain(_dicts(25)))))
+
+
+def _reseeded(sampler: TrainingSampler, seed: int) -> TrainingSampler:
+    twin = copy.copy(sampler)
+    twin._seed = seed
+    return twin
+
+
+def _random_seed_parts(seed: int, reseed: bool) -> LoaderParts:
+    """A loader whose sampler seed was drawn at random when it was built (``seed=None`` in detectron2)."""
+    parts = _parts(2, True, batch=5, seed=seed)
+    if not reseed:
+        return parts
+    return dataclasses.replace(parts, sampler_seed=seed, reseed=lambda s: _reseeded(parts.sampler, s))
+
+
+def test_a_sampler_seed_drawn_at_random_is_adopted_from_the_state(d2_log):
+    batches, state, rng_states = _run(lambda: SampledStream(_random_seed_parts(11, reseed=True)))
+    assert state["sampler_seed"] == 11
+    _seed(1)
+    resumed = SampledStream(_random_seed_parts(12, reseed=True))
+    assert _resume(resumed, rng_states, state=state) == batches[6:]
+    assert resumed.parts.sampler_seed == 11
+    adopted = "its sampler shuffles with the seed the interrupted run used (11), not with the one it drew now (12)"
+    assert any(adopted in m for m in d2_log.messages)
+    with pytest.raises(StreamStateError, match="the sampler's index stream"):
+        SampledStream(_random_seed_parts(12, reseed=False)).load_state_dict(state)
+    changed = _random_seed_parts(12, reseed=True)
+    changed = dataclasses.replace(changed, dataset=_RandomMapped(_dicts(24)), dataset_dicts=_dicts(24))
+    with pytest.raises(StreamStateError, match="the dataset size changed from 23 to 24"):
+        SampledStream(changed).load_state_dict(state)
 
 
 def test_a_state_from_another_world_size_or_sampler_is_refused(monkeypatch):

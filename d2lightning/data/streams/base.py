@@ -99,7 +99,7 @@ class StreamBase:
 
     Subclasses implement ``_start()`` (create the underlying iterator), ``_next_batch()``, ``_config()`` (the
     settings a saved state must agree on, keys of :data:`CONFIG_LABELS`), ``_state()``/``_load(state)`` (their own
-    entries) and ``_seek(num_batches)``.
+    entries), ``_seek(num_batches)`` and, optionally, ``_reconcile(state)``.
     """
 
     def __init__(self, name: str) -> None:
@@ -132,6 +132,8 @@ class StreamBase:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._require_unstarted("load_state_dict")
         self._resumed = True  # even when refused: the stream then restarts, leaving the global RNG alone
+        if isinstance(state, Mapping):
+            self._reconcile(state)
         self._check_config(state)
         self._batches = int(state["batches"])
         # a state taken before the first batch: the uninterrupted run draws its base seed after it, so do we
@@ -160,6 +162,10 @@ class StreamBase:
         return {}
 
     def _load(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def _reconcile(self, state: Mapping[str, Any]) -> None:
+        """Before the settings are checked: adapt to a saved state where that keeps the stream exact."""
         return None
 
     def _seek(self, num_batches: int) -> str | None:

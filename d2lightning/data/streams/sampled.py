@@ -37,8 +37,9 @@ in the main process after grouping.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -50,6 +51,8 @@ from d2lightning.data.streams.workers import Fetch, ShardedItems, WorkerPlan, re
 from d2lightning.utils import comm
 
 __all__ = ["LoaderParts", "SampledStream"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class LoaderParts:
             ``collate_fn`` give the item); None without grouping (a fetch is a batch).
         group_collate: applied to each grouped batch in the main process; a None result is skipped.
         dataset_dicts: the unmapped dataset dicts (``width``/``height``), to replay the grouping in :meth:`seek`.
+        sampler_seed: the seed of the sampler's shuffle, when ``reseed`` can change it.
+        reseed: ``reseed(seed)`` is a copy of ``sampler`` shuffling with ``seed``. A resumed stream whose sampler
+            drew another seed at random (``seed=None``) then adopts the saved one.
         name: how messages name the loader.
     """
 
@@ -76,6 +82,8 @@ class LoaderParts:
     group_batch_size: int | None = None
     group_collate: Callable[[list[Any]], Any] | None = None
     dataset_dicts: Sequence[Any] | None = None
+    sampler_seed: int | None = None
+    reseed: Callable[[int], Any] | None = None
     name: str = "the train loader"
 
 
@@ -141,11 +149,28 @@ class SampledStream(StreamBase):
 
     def _state(self) -> dict[str, Any]:
         return {
+            "sampler_seed": self.parts.sampler_seed,
             "fetches": self._fetches,
             "base_generator": self._base_state if self._workers else None,
             "worker_rng": list(self._posts),
             "buckets": [[(w.position, w.index, w.pre) for w in bucket] for bucket in self._buckets],
         }
+
+    def _reconcile(self, state: Mapping[str, Any]) -> None:
+        """Adopt the saved sampler seed when this sampler drew another one at random and all else is the same."""
+        saved, reseed = state.get("sampler_seed"), self.parts.reseed
+        if saved is None or reseed is None or saved == self.parts.sampler_seed:
+            return
+        twin = reseed(saved)
+        digest = sampler_digest(twin)
+        if digest != state.get("config", {}).get("sampler_stream"):
+            return  # something else changed: the check names it
+        logger.info(
+            f"{self.name}: its sampler shuffles with the seed the interrupted run used ({saved}), not with the one it "
+            f"drew now ({self.parts.sampler_seed})"
+        )
+        self.parts = replace(self.parts, sampler=twin, sampler_seed=saved)
+        self._digest = digest
 
     def _load(self, state: Mapping[str, Any]) -> None:
         self._fetches = int(state["fetches"])
