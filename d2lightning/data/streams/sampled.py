@@ -26,7 +26,10 @@ d2lightning), at the price of a per-rank state in the checkpoint and a snapshot 
 buckets from the dataset dicts' ``width``/``height`` (detectron2 groups by the mapped item's, which
 ``DatasetMapper`` copies): which images come in which batch, in which order, is exact. Without workers the
 augmentation after the cut is exact too, except for the images waiting in the buckets at the cut; with workers it
-is not (their generators advanced with every item they mapped). The returned text says which.
+is not (their generators advanced with every item they mapped). The returned text says which. Seeking trusts the
+sampler to give the interrupted run's index stream: true for a fixed seed (detectron2's yacs loaders pass
+``cfg.SEED``, -1 included), not for ``seed=None`` after a random global seed (LazyConfig loaders when
+``train.seed`` is unset; a saved state, by contrast, brings the seed back).
 
 Cost: ~0.1 ms per fetch in each worker (one RNG snapshot) plus ~10 KB sent with it; without workers, with
 grouping, one snapshot per item in the main process; nothing when neither applies. Not covered: a mapper that
