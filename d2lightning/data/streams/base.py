@@ -44,8 +44,8 @@ class TrainStream(Protocol):
         """Continue exactly after the batch at which ``state`` was taken; before the first ``next`` only.
 
         Raises:
-            StreamStateError: when ``state`` cannot be honoured (names what changed); the stream is then left at its
-                beginning, like one that sought 0 batches.
+            StreamStateError: when ``state`` cannot be honoured (names what changed); the stream then starts from
+                its first batch, still without drawing from the global RNG.
         """
         ...
 
