@@ -20,6 +20,11 @@ Nothing here imports detectron2 at module import. What it provides:
 * **Hook needs**: :func:`check_detectron2_hooks` verifies, when a run starts, that the trainer offers what
   detectron2's hooks will read from it, and raises a clear ``AttributeError`` naming the hook and the missing
   attribute otherwise (see :data:`TRAINER_NEEDS`).
+* **detectron2 train loaders**: :func:`detectron2_train_loader_parts` takes a ``build_detection_train_loader``
+  result apart (sampler, mapped dataset, DataLoader, grouping) so that ``d2lightning.data.streams`` can resume it
+  exactly; recognised by detectron2's class names, read through detectron2's attributes (some private). A copy of
+  its ``TrainingSampler``/``RepeatFactorTrainingSampler`` can take another seed (a resumed run adopts the seed a
+  sampler drew at random in the first run).
 * **detectron2 configs**: :func:`is_detectron2_cfg` recognises detectron2's yacs ``CfgNode`` (by class, without
   importing detectron2); ``DefaultTrainer`` then takes its model, optimizer, scheduler, loaders and checkpointer
   from detectron2 (:func:`detectron2_builder`, :data:`DETECTRON2_BUILDERS`), maps ``MODEL.DEVICE`` to Lightning's
@@ -32,6 +37,8 @@ not see that storage (import detectron2 before training starts, as building a de
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import importlib.util
 import logging
@@ -49,6 +56,7 @@ __all__ = [
     "detectron2_available",
     "detectron2_builder",
     "detectron2_default_cfg",
+    "detectron2_train_loader_parts",
     "is_detectron2_cfg",
     "is_detectron2_object",
     "lightning_kwargs_from_detectron2_cfg",
@@ -263,3 +271,75 @@ def detectron2_default_cfg() -> Any:
         ImportError: when detectron2 is not installed.
     """
     return require_detectron2("detectron2's default config", "detectron2.config").get_cfg()
+
+
+# ---------------------------------------------------------------- detectron2 train loaders
+def _is_d2_class(obj: Any, module: str, name: str) -> bool:
+    cls = type(obj)
+    return cls.__module__ == module and cls.__name__ == name
+
+
+def detectron2_train_loader_parts(loader: Any) -> dict[str, Any] | None:
+    """What a detectron2 ``build_detection_train_loader`` result is made of, or None for any other object.
+
+    Recognised (yacs and LazyConfig forms build the same objects): a ``torch.utils.data.DataLoader`` over
+    ``ToIterableDataset(dataset, sampler)``; with aspect-ratio grouping, ``AspectRatioGroupedDataset`` over such a
+    DataLoader, optionally inside ``MapDataset(..., collate_fn)``. Returns ``{"dataset", "sampler", "loader",
+    "chunk_size", "group_batch_size", "group_collate", "dataset_dicts", "sampler_seed", "reseed"}`` (see
+    ``d2lightning.data.streams.LoaderParts``); ``dataset_dicts`` is the unmapped list under detectron2's
+    ``MapDataset`` when it is detectron2's ``DatasetFromList``, else None. None also when the sampler shards by
+    worker itself (``shard_sampler=False`` with several workers) or the DataLoader yields out of order: such a
+    stream cannot be continued from a position. ``sampler_seed`` and ``reseed(seed)`` (a copy of the sampler with
+    another seed) are given for detectron2's ``TrainingSampler`` and ``RepeatFactorTrainingSampler``, else None.
+    """
+    if "detectron2" not in sys.modules:
+        return None
+    from torch.utils.data import DataLoader
+
+    common = "detectron2.data.common"
+    obj, group_batch_size, group_collate = loader, None, None
+    if _is_d2_class(obj, common, "_MapIterableDataset"):
+        obj, group_collate = obj._dataset, obj._map_func
+    if _is_d2_class(obj, common, "AspectRatioGroupedDataset"):
+        obj, group_batch_size = obj.dataset, int(obj.batch_size)
+    elif group_collate is not None:
+        return None
+    if not isinstance(obj, DataLoader) or not _is_d2_class(obj.dataset, common, "ToIterableDataset"):
+        return None
+    iterable: Any = obj.dataset
+    if (not iterable.shard_sampler and obj.num_workers > 1) or not getattr(obj, "in_order", True):
+        return None
+    dataset = iterable.dataset
+    dicts = None
+    if _is_d2_class(dataset, common, "MapDataset") and _is_d2_class(dataset._dataset, common, "DatasetFromList"):
+        dicts = dataset._dataset
+    sampler = iterable.sampler
+    return {
+        "dataset": dataset,
+        "sampler": sampler,
+        "loader": obj,
+        "chunk_size": int(iterable.shard_chunk_size),
+        "group_batch_size": group_batch_size,
+        "group_collate": group_collate,
+        "dataset_dicts": dicts,
+        "sampler_seed": _reseedable_seed(sampler),
+        "reseed": functools.partial(_reseeded, sampler) if _reseedable_seed(sampler) is not None else None,
+    }
+
+
+_RESEEDABLE = ("TrainingSampler", "RepeatFactorTrainingSampler")
+
+
+def _reseedable_seed(sampler: Any) -> int | None:
+    """The shuffle seed of detectron2's ``TrainingSampler``/``RepeatFactorTrainingSampler`` (exactly these: it is
+    read when iterating only), else None."""
+    if any(_is_d2_class(sampler, "detectron2.data.samplers.distributed_sampler", n) for n in _RESEEDABLE):
+        return int(sampler._seed)
+    return None
+
+
+def _reseeded(sampler: Any, seed: int) -> Any:
+    """A copy of ``sampler`` (see :func:`_reseedable_seed`) that shuffles with ``seed``; ``sampler`` is unchanged."""
+    twin = copy.copy(sampler)
+    twin._seed = int(seed)
+    return twin

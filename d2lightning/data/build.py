@@ -128,6 +128,11 @@ def _seed_sample(key: tuple[int, int], position: int) -> None:
 class _BatchDataLoader(DataLoader):
     """The train loader: a DataLoader that can start at a given iteration (d2lightning's exact resume)."""
 
+    @property
+    def seekable(self) -> bool:
+        """Whether :meth:`set_start_iteration` can place the stream (its sampler has ``set_start``)."""
+        return callable(getattr(self.dataset.sampler, "set_start", None))  # type: ignore[attr-defined]
+
     def set_start_iteration(self, iteration: int) -> None:
         """Start the next pass over the stream at ``iteration`` (batches before it are skipped, unloaded).
 
