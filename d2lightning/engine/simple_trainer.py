@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from d2lightning.data.streams import StreamStateError, resumable_stream, unresumable_loader_message
 from d2lightning.engine.step import forward_backward
 from d2lightning.engine.trainer_base import TrainerBase
 from d2lightning.utils import comm
@@ -24,6 +25,7 @@ from d2lightning.utils.events import get_event_storage
 from d2lightning.utils.validation import check_int
 
 if TYPE_CHECKING:
+    from d2lightning.data.streams import TrainStream
     from d2lightning.engine.lightning.run import RunBinding
 
 __all__ = ["SimpleTrainer"]
@@ -87,6 +89,7 @@ class SimpleTrainer(TrainerBase):
         self.model = model
         self.data_loader = data_loader
         self._data_loader_iter_obj: Iterator[Any] | None = None
+        self._data_stream: TrainStream | None = None  # the own loader's resumable stream, when it has one
         self._lightning_batches: Any = None  # while a fit gives the data (its batches, as an iterator)
         self._batch_converter: Callable[[Any], Any] | None = None  # while a fit converts the batches (*-true)
         self.optimizer = optimizer
@@ -135,7 +138,9 @@ class SimpleTrainer(TrainerBase):
                 f"{type(self).__name__} has no data_loader: pass one, or train in a Lightning Trainer that gives the "
                 "data (D2LightningModule(model, None, optimizer) with trainer.fit(module, train_dataloaders=...))"
             )
-        it = iter(self.data_loader)
+        stream = resumable_stream(self.data_loader)
+        self._data_stream = stream
+        it = stream if stream is not None else iter(self.data_loader)
         convert = self._batch_converter
         return it if convert is None else _Converted(it, convert)
 
@@ -163,15 +168,41 @@ class SimpleTrainer(TrainerBase):
         self._data_loader_iter_obj = current
         self._lightning_batches = self._batch_converter = None
 
-    def resume_streams(self, start_iter: int) -> None:
-        """Move the trainer's own loader to ``start_iter`` when it can seek (d2lightning's loaders), create its
-        iterator, then restore the RNG states (see :meth:`TrainerBase.resume_streams`)."""
-        if self._lightning_batches is None and self.data_loader is not None:
-            seek = getattr(self.data_loader, "set_start_iteration", None)
-            if start_iter > 0 and callable(seek):
-                seek(start_iter * self.accumulate_grad_batches)  # an iteration consumed that many batches
-            _ = self._data_loader_iter
-        super().resume_streams(start_iter)
+    def _resume_data(self, start_iter: int, state: Mapping[str, Any] | None, checkpoint_has_data: bool) -> None:
+        """Open the own loader's stream (when no earlier fit left one running) where the interrupted run left it.
+
+        A recognised loader (:func:`~d2lightning.data.streams.resumable_stream`: d2lightning's and detectron2's
+        train loaders, stateful loaders) continues from this rank's saved state, or — in a checkpoint without one —
+        is placed from the iteration, with a warning when that is not exact; a state that no longer fits (another
+        dataset, batch size, sampler...) is named in a warning and the stream restarts. Any other loader restarts,
+        with a warning naming it, when the run resumes past iteration 0.
+        """
+        if self._lightning_batches is not None or self.data_loader is None or self._data_loader_iter_obj is not None:
+            return
+        self._data_loader_iter_obj = self._new_data_iter()  # creating a plain loader's iterator draws a seed
+        stream = self._data_stream
+        if stream is None:
+            if start_iter > 0:
+                logger.warning(unresumable_loader_message(self.data_loader, start_iter))
+            return
+        if state is not None:
+            try:
+                stream.load_state_dict(state)
+            except StreamStateError as e:
+                logger.warning(f"{e}; the data stream restarts from its first batch")
+            return
+        if start_iter > 0:
+            if checkpoint_has_data:
+                logger.warning(
+                    "The checkpoint holds no data-stream position for this process: its train loader is placed from "
+                    "the iteration"
+                )
+            note = stream.seek(start_iter * self.accumulate_grad_batches)  # an iteration took that many batches
+            if note is not None:
+                logger.warning(note)
+
+    def _data_stream_state(self) -> Mapping[str, Any] | None:
+        return self._data_stream.state_dict() if self._data_stream is not None else None
 
     def _fetch(self) -> tuple[Any, float]:
         """The next batch and the seconds spent waiting for it (detectron2's ``data_time``): here, and in
@@ -190,7 +221,7 @@ class SimpleTrainer(TrainerBase):
         except StopIteration:
             if self._lightning_batches is not None:  # Lightning's batches: its epoch ended
                 raise
-            self._data_loader_iter_obj = self._new_data_iter()  # a finite loader starts over
+            self._data_loader_iter_obj = self._new_data_iter()  # a finite loader starts over (a new epoch)
             try:
                 return next(self._data_loader_iter_obj)
             except StopIteration:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import Callback
 
+from d2lightning.engine.distributed.rank_states import RankStates
 from d2lightning.engine.hook_base import as_callback
 from d2lightning.engine.lightning.backend import StepBackend, TorchStepBackend, call_hooks
 from d2lightning.engine.lightning.hook_points import HOOK_METHODS
 from d2lightning.engine.lightning.trainer_factory import build_lightning_trainer
 from d2lightning.engine.lightning.trainer_module import TrainerModule
-from d2lightning.utils import comm
-from d2lightning.utils.env import get_rng_states, set_rng_states
+from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import EventStorage
 from d2lightning.utils.validation import check_int
 
@@ -67,8 +67,7 @@ class TrainerBase:
         self.pl_trainer: pl.Trainer | None = None
         self.step_backend: StepBackend = TorchStepBackend()
         self._registered: list[Any] | None = None  # the registered hooks, while a fit runs the trainer
-        self._pending_rng_states: dict[str, Any] | None = None
-        self._rank_rng_states: tuple[int, list[Any]] | None = None
+        self._rank_states = RankStates()  # every rank's RNG and data-stream states, for checkpoints
 
     def register_hooks(self, hooks: Iterable[Any | None]) -> None:
         """Register hooks, appended after those already registered; ``None`` entries are dropped.
@@ -185,17 +184,28 @@ class TrainerBase:
 
     def resume_streams(self, start_iter: int) -> None:
         """Continue the random streams where the run that saved the loaded state stopped (called by the run when
-        training starts, after a checkpoint is restored): this rank's saved RNG states, if any, are restored.
+        training starts, after a checkpoint is restored): the data stream first (:meth:`_resume_data`), then this
+        rank's saved RNG states, if any."""
+        rng, data, checkpoint_has_data = self._rank_states.take_mine()
+        self._resume_data(start_iter, data, checkpoint_has_data)
+        if rng is not None:
+            set_rng_states(dict(rng))
 
-        Subclasses that read data move their data stream to ``start_iter`` and create its iterator first (creating
-        it draws a seed from torch's generator, which the uninterrupted run did at its start, not here).
+    def gather_rank_states(self) -> None:
+        """Collect every rank's RNG states and data-stream position for the checkpoints of this iteration
+        (collective: every rank calls it; a second call in the same iteration does nothing).
+
+        The fit's run calls it on every rank at each iteration where a hook of some rank saves a checkpoint, so the
+        main process's files hold what every rank needs to continue exactly. A no-op in a single process.
         """
-        states = self._pending_rng_states
-        self._pending_rng_states = None
-        if states is not None:
-            mine = _rng_states_of_this_rank(states)
-            if mine is not None:
-                set_rng_states(dict(mine))
+        self._rank_states.gather(self.iter, self._data_stream_state())
+
+    def _resume_data(self, start_iter: int, state: Mapping[str, Any] | None, checkpoint_has_data: bool) -> None:
+        """Move the trainer's data stream to where the interrupted run left it (subclasses that read data)."""
+
+    def _data_stream_state(self) -> Mapping[str, Any] | None:
+        """This rank's data-stream position, for checkpoints (None: the trainer reads no data of its own)."""
+        return None
 
     def _bind(self, binding: RunBinding) -> None:
         if self._registered is None:
@@ -224,31 +234,19 @@ class TrainerBase:
                 hooks_state[name] = sd
         if hooks_state:
             ret["hooks"] = hooks_state
-        # d2lightning: the RNG states, so that a resumed run draws the same random numbers as an uninterrupted
-        # one (detectron2 ignores the key when loading); every rank's, when they were gathered for this iteration.
-        ret["rng"] = get_rng_states()
-        if self._rank_rng_states is not None and self._rank_rng_states[0] == self.iter:
-            ret["rng"]["ranks"] = self._rank_rng_states[1]
+        # d2lightning: the RNG states and the data stream's position, so that a resumed run continues exactly
+        # (detectron2 ignores both keys when loading); every rank's when they were gathered for this iteration.
+        ret.update(self._rank_states.entries(self.iter, self._data_stream_state()))
         return ret
-
-    def gather_rng_states(self) -> None:
-        """Collect every rank's RNG states for the next :meth:`state_dict` of this iteration (collective).
-
-        Call it on every rank right before a checkpoint of this iteration is saved (a ``PeriodicCheckpointer``
-        registered on every rank does); the main process then saves every rank's states and a resumed run gives
-        each rank its own back. A no-op in a single process.
-        """
-        if comm.get_world_size() > 1:
-            self._rank_rng_states = (self.iter, comm.all_gather(get_rng_states()))
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore ``iter`` and give each saved hook state to the first hook of the same class qualname.
 
-        Saved RNG states are applied when training starts (after Lightning has set up and the data iterator
-        exists), not here.
+        Saved RNG states and data-stream positions are applied when training starts (:meth:`resume_streams`), not
+        here.
         """
         self.iter = state_dict["iteration"]
-        self._pending_rng_states = state_dict.get("rng")
+        self._rank_states.load(state_dict)
         for key, value in state_dict.get("hooks", {}).items():
             for h in self._hooks:
                 if type(h).__qualname__ == key:
@@ -256,27 +254,6 @@ class TrainerBase:
                     break
             else:
                 logger.warning(f"Cannot find the hook '{key}', its state_dict is ignored.")
-
-
-def _rng_states_of_this_rank(saved: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """This rank's RNG states in a trainer state's ``"rng"`` entry (see :meth:`TrainerBase.state_dict`)."""
-    per_rank = saved.get("ranks")
-    rank, world = comm.get_rank(), comm.get_world_size()
-    if per_rank is not None:
-        if len(per_rank) == world:
-            return per_rank[rank]
-        logger.warning(
-            f"The checkpoint holds RNG states of {len(per_rank)} processes, this run has {world}: every process "
-            "keeps its own seeded random stream"
-        )
-        return None
-    if rank == 0:
-        return saved
-    logger.warning(
-        f"The checkpoint holds the RNG states of the main process only: process {rank} keeps its own seeded random "
-        "stream, so its random draws differ from an uninterrupted run"
-    )
-    return None
 
 
 def _check_bounds(start_iter: Any, max_iter: Any) -> None:

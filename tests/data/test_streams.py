@@ -29,6 +29,7 @@ from d2lightning.data.datasets import ShapesSpec, register_shapes
 from d2lightning.data.streams import (
     LoaderParts,
     SampledStream,
+    SeekableLoaderStream,
     StartIterationStream,
     StatefulLoaderStream,
     StreamStateError,
@@ -554,6 +555,32 @@ def test_unknown_loaders_get_none_and_a_message_naming_them():
         "restarts from the first batch"
     )
     assert "StatefulDataLoader" in message and "\n" not in message
+
+
+class _Counting:
+    """A loader of its own kind that can seek: batch ``i`` is ``i``."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def set_start_iteration(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self):
+        return iter(range(self.start, 10**6))
+
+
+def test_any_loader_with_set_start_iteration_resumes_from_the_count():
+    stream = resumable_stream(_Counting())
+    assert isinstance(stream, SeekableLoaderStream)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    state = stream.state_dict()
+    resumed = resumable_stream(_Counting())
+    resumed.load_state_dict(state)
+    assert next(resumed) == 3
+    sought = resumable_stream(_Counting())
+    assert sought.seek(7) is None  # exact: the loader promises it
+    assert next(sought) == 7
 
 
 def test_parts_of_a_grouping_loader_must_fetch_one_item_at_a_time():

@@ -115,15 +115,14 @@ def test_build_hooks_with_precise_bn_and_off_the_main_process(tmp_path, monkeypa
         hooks.PeriodicWriter,
         SigtermCheckpoint,
     ]
-    assert trainer._hooks[3].gather_rng_states  # every rank's RNG states go into the checkpoint
     monkeypatch.setattr(comm, "is_main_process", lambda: False)
     trainer = Trainer(tiny_cfg(tmp_path, "TEST.PRECISE_BN.ENABLED", "True"))
-    # the checkpointer hook is on every rank (it writes on the main process only): not detectron2's choice
+    # as detectron2: the checkpointer hook and the writer on the main process only (the run gathers every rank's
+    # RNG and data-stream states at the iterations it saves)
     assert [type(h) for h in trainer._hooks] == [
         hooks.IterationTimer,
         hooks.LRScheduler,
         hooks.PreciseBN,
-        hooks.PeriodicCheckpointer,
         hooks.EvalHook,
         SigtermCheckpoint,
     ]

@@ -5,7 +5,8 @@ workers, both from the environment). The model has dropout and samples a random 
 loss; the dataset flips samples at random (numpy) and jitters them (torch) in the DataLoader's workers, or in the
 main process without workers. Each process seeds its generators with ``SEED + rank`` as ``default_setup`` does,
 resumes from ``OUT``'s last checkpoint when there is one, and at the end the main process saves the weights and
-optimizer state to ``OUT/final.pt``. ``GATHER=0`` checkpoints the main process' RNG states only.
+optimizer state to ``OUT/final.pt``. ``RANK0_ONLY=1`` registers the checkpointer hook on the main process only, as
+detectron2's own scripts do.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def main(out: str, max_iter: int, workers: int) -> None:
     data = build_batch_data_loader(Flipping(), TrainingSampler(64, seed=SEED), batch, num_workers=workers)
     trainer = SimpleTrainer(model, data, optimizer)
     checkpointer = DetectionCheckpointer(model, out, optimizer=optimizer, trainer=trainer)
-    gather = os.environ.get("GATHER", "1") == "1"  # GATHER=0: the main process' RNG states only
-    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, 10, gather_rng_states=gather)])
+    rank0_only = os.environ.get("RANK0_ONLY", "0") == "1"  # as detectron2's lazyconfig_train_net.py registers it
+    periodic = hooks.PeriodicCheckpointer(checkpointer, 10)
+    trainer.register_hooks([periodic if comm.is_main_process() or not rank0_only else None])
     checkpointer.resume_or_load("", resume=True)
     start = trainer.iter + 1 if checkpointer.has_checkpoint() else 0
     trainer.train(start, max_iter)

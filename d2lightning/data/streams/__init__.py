@@ -23,6 +23,7 @@ What each loader gets:
 |---|---|
 | with ``state_dict``/``load_state_dict`` (``StatefulDataLoader``) | :class:`StatefulLoaderStream`: its own state |
 | d2lightning's ``build_detection_train_loader`` (a sampler with ``set_start``) | :class:`StartIterationStream` |
+| any other loader with ``set_start_iteration(n)`` | :class:`SeekableLoaderStream`: the batch count |
 | detectron2's ``build_detection_train_loader`` | :class:`SampledStream`: capture and restore |
 | anything else | None; :func:`unresumable_loader_message` says why |
 """
@@ -34,12 +35,13 @@ from typing import Any
 from d2lightning import _compat
 from d2lightning.data.build import _BatchDataLoader
 from d2lightning.data.streams.base import StreamBase, StreamStateError, TrainStream
-from d2lightning.data.streams.loaders import StartIterationStream, StatefulLoaderStream
+from d2lightning.data.streams.loaders import SeekableLoaderStream, StartIterationStream, StatefulLoaderStream
 from d2lightning.data.streams.sampled import LoaderParts, SampledStream
 
 __all__ = [
     "LoaderParts",
     "SampledStream",
+    "SeekableLoaderStream",
     "StartIterationStream",
     "StatefulLoaderStream",
     "StreamStateError",
@@ -58,6 +60,10 @@ def resumable_stream(loader: Any) -> TrainStream | None:
         return StatefulLoaderStream(loader)
     if isinstance(loader, _BatchDataLoader) and loader.seekable:
         return StartIterationStream(loader)
+    if isinstance(loader, _BatchDataLoader):  # its sampler cannot seek: resumable by neither way below
+        return None
+    if callable(getattr(loader, "set_start_iteration", None)):
+        return SeekableLoaderStream(loader)
     parts = _compat.detectron2_train_loader_parts(loader)
     if parts is not None:
         return SampledStream(LoaderParts(**parts, name=f"detectron2's train loader ({_describe(parts)})"))

@@ -5,17 +5,21 @@
   in the stream, so the position alone is exact.
 * :class:`StatefulLoaderStream` — a loader with ``state_dict()``/``load_state_dict()`` (torchdata's
   ``StatefulDataLoader``): its own state is passed through.
+* :class:`SeekableLoaderStream` — any other loader with ``set_start_iteration(n)``: the batch count.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from d2lightning.data.streams.base import StreamBase, StreamStateError, qualname, sampler_digest
 from d2lightning.utils import comm
 
-__all__ = ["StartIterationStream", "StatefulLoaderStream"]
+__all__ = ["SeekableLoaderStream", "StartIterationStream", "StatefulLoaderStream"]
+
+logger = logging.getLogger(__name__)
 
 
 class StartIterationStream(StreamBase):
@@ -62,6 +66,37 @@ class StartIterationStream(StreamBase):
         return next(self._it)
 
 
+class SeekableLoaderStream(StreamBase):
+    """Any loader with ``set_start_iteration(n)`` (the loader promises that its stream then starts at batch ``n``,
+    exactly as an uninterrupted one would continue): its state is the batch count.
+
+    Args:
+        loader: an iterable with ``set_start_iteration(n)``.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(f"the seekable loader {qualname(loader)}")
+        self._loader = loader
+        self._it: Any = None
+        self._settings = {"world_size": comm.get_world_size(), "rank": comm.get_rank()}
+
+    def _config(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self._loader.set_start_iteration(self._batches)
+
+    def _seek(self, num_batches: int) -> str | None:
+        self._loader.set_start_iteration(num_batches)
+        return None
+
+    def _start(self) -> None:
+        self._it = iter(self._loader)
+
+    def _next_batch(self) -> Any:
+        return next(self._it)
+
+
 class StatefulLoaderStream(StreamBase):
     """A loader that saves and loads its own position (``state_dict``/``load_state_dict``), passed through.
 
@@ -89,6 +124,12 @@ class StatefulLoaderStream(StreamBase):
         if "loader" not in state:
             raise StreamStateError("stream", f"the saved state has no 'loader' entry for {self.name}")
         self._loader.load_state_dict(state["loader"])
+        if getattr(self._loader, "generator", None) is not None:
+            logger.warning(
+                f"{self.name} has its own generator=, whose state its state_dict does not fully restore: the epochs "
+                "after the resumed one are shuffled differently from an uninterrupted run. Leave generator=None: "
+                "the global generator is restored with the checkpoint"
+            )
 
     def _seek(self, num_batches: int) -> str | None:
         if num_batches == 0:
@@ -99,7 +140,13 @@ class StatefulLoaderStream(StreamBase):
         )
 
     def _start(self) -> None:
-        with self._base_seed_draw(getattr(self._loader, "generator", None)):
+        if getattr(self._loader, "generator", None) is not None:
+            # its own generator is part of its own state (restored by load_state_dict, not by a copy here)
+            self._it = iter(self._loader)
+            return
+        # a resumed loader draws its base seed again when it restarts: on a copy of the global generator, which the
+        # uninterrupted run did not draw from at this point
+        with self._base_seed_draw(None):
             self._it = iter(self._loader)
 
     def _next_batch(self) -> Any:

@@ -10,7 +10,6 @@ from typing import Any
 
 from d2lightning.checkpoint.periodic_checkpointer import PeriodicCheckpointer as _PeriodicCheckpointer
 from d2lightning.engine.hook_base import HookBase
-from d2lightning.engine.hooks._periods import is_last_iter
 
 __all__ = ["PeriodicCheckpointer"]
 
@@ -27,6 +26,10 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
     Lightning stops training early (``trainer.should_stop``, e.g. ``EarlyStopping``) the last iteration done is
     saved as ``{file_prefix}_final`` in ``after_train``, with the trainer state of that iteration.
 
+    Registered on the main process only, as detectron2's scripts register it, its files still hold every rank's RNG
+    states and data-stream positions: with several processes the fit's run gathers them on every rank at the
+    iterations where this hook saves.
+
     Args:
         checkpointer: the checkpointer, e.g. ``DetectionCheckpointer(model, output_dir, trainer=trainer)``.
         period: iterations between saves (>= 1).
@@ -35,10 +38,6 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
         max_to_keep: keep only this many periodic files written by this hook (``*_final.pth`` is never
             deleted, files of earlier runs are not counted); None keeps all.
         file_prefix: the file name prefix.
-        gather_rng_states: (d2lightning only, keyword-only) the hook is registered on every rank: before each save
-            every rank's RNG states are gathered (a collective) into the trainer's state, so that a resumed run
-            continues exactly on every rank. ``DefaultTrainer`` registers it so; with the default False, a
-            multi-process checkpoint holds the main process' RNG states only.
 
     Raises:
         ValueError, TypeError: as :class:`d2lightning.checkpoint.PeriodicCheckpointer` (``period`` must be >= 1;
@@ -59,21 +58,14 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
         max_iter: int | None = None,
         max_to_keep: int | None = None,
         file_prefix: str = "model",
-        *,
-        gather_rng_states: bool = False,
     ) -> None:
         super().__init__(checkpointer, period, max_iter, max_to_keep, file_prefix)
-        self.gather_rng_states = bool(gather_rng_states)
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
         self._final_saved = False
 
     def after_step(self) -> None:
-        if self.gather_rng_states and ((self.trainer.iter + 1) % self.period == 0 or is_last_iter(self.trainer)):
-            gather = getattr(self.trainer, "gather_rng_states", None)
-            if callable(gather):
-                gather()
         self.step(self.trainer.iter)
 
     def after_train(self) -> None:

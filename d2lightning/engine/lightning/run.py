@@ -48,10 +48,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from d2lightning import _compat
+from d2lightning.checkpoint.discovery import find_checkpointers
 from d2lightning.engine.lightning import _private
 from d2lightning.engine.lightning.backend import LightningStepBackend, StepBackend
 from d2lightning.engine.lightning.fit_scope import FitScope
 from d2lightning.engine.lightning.training_state import attach_training_state
+from d2lightning.utils import comm
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 
 __all__ = ["RunBinding", "TrainingRun"]
@@ -108,7 +110,7 @@ class TrainingRun(Callback):
         self.storage: EventStorage | None = None
         self.hooks: list[Any] = []
         self._bound = False
-        self._checkpointers: list[Any] = []
+        self._checkpoint_periods: list[int] = []  # with several processes: the periods some rank's hooks save at
         self._metrics: dict[str, Any] = {}  # the Trainer's callback_metrics
         self._last_logged = -1
 
@@ -175,58 +177,72 @@ class TrainingRun(Callback):
             self.scope.on_close(backend.watch(optimizer).remove)
 
     # ------------------------------------------------------------ detectron2's train(), on Lightning's calls
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Open the run at ``global_step``, let the trainer resume its streams, call ``before_train``."""
         if self.phase != _NEW:
             return
         d2_trainer = self.d2_trainer
         _compat.check_detectron2_hooks(d2_trainer, self.hooks)
-        self._open(trainer.global_step, trainer.max_steps)
+        self._open(pl_trainer.global_step, pl_trainer.max_steps)
+        self._checkpoint_periods = _agree_on_checkpoint_periods(self.hooks)
         logger.info("Starting training from iteration %d", d2_trainer.start_iter)
         d2_trainer.resume_streams(d2_trainer.start_iter)
         d2_trainer.before_train()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+    def on_train_batch_start(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         """``iter = storage.iter = global_step``; the previous iteration's scalars go out first."""
         if self.phase != _TRAINING:
             return
         d2_trainer = self.d2_trainer
         self.flush_loggers()
-        self._metrics = _private.callback_metrics_of(trainer)  # the same dict while training; cheap to re-read
-        d2_trainer.iter = self.storage.iter = trainer.global_step  # type: ignore[union-attr]
+        self._metrics = _private.callback_metrics_of(pl_trainer)  # the same dict while training; cheap to re-read
+        d2_trainer.iter = self.storage.iter = pl_trainer.global_step  # type: ignore[union-attr]
         d2_trainer.before_step()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_batch_end(
+        self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        """Before any hook's ``after_step``: where some rank's hook saves a checkpoint after this iteration, every
+        rank's RNG and data-stream states are gathered (a collective, on every rank), so the main process's file
+        holds them even when only it runs a checkpointer."""
+        periods = self._checkpoint_periods
+        if periods and self.phase == _TRAINING:
+            d2_trainer = self.d2_trainer
+            done = d2_trainer.iter + 1
+            if done >= d2_trainer.max_iter or any(done % p == 0 for p in periods):
+                d2_trainer.gather_rank_states()
+
+    def on_train_end(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``iter = global_step`` (``max_iter``, lowered after an early stop), ``after_train``."""
         if self.phase != _TRAINING:
             return
         d2_trainer = self.d2_trainer
-        done = trainer.global_step
+        done = pl_trainer.global_step
         if done < d2_trainer.max_iter:
             logger.info("Training stopped early after iteration %d (max_iter was %d)", done - 1, d2_trainer.max_iter)
             d2_trainer.max_iter = done
         d2_trainer.iter = done
         self._finish()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """detectron2's ``finally: after_train()`` (``iter`` stays at the failing iteration), then close."""
         if self.phase == _TRAINING:
             self._finish()
         self.close()
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """detectron2's loop with nothing to do (``start_iter >= max_iter``), which Lightning does not enter."""
-        if self.phase != _NEW or trainer.global_step < trainer.max_steps:
+        if self.phase != _NEW or pl_trainer.global_step < pl_trainer.max_steps:
             return
         d2_trainer = self.d2_trainer
-        self._open(trainer.global_step, trainer.max_steps)
+        self._open(pl_trainer.global_step, pl_trainer.max_steps)
         try:
             d2_trainer.before_train()
             d2_trainer.iter = d2_trainer.start_iter + 1  # detectron2's `iter += 1` after the (empty) loop
         finally:
             self._finish()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def teardown(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """The fit is over: close."""
         self.close()
 
@@ -308,6 +324,32 @@ class TrainingRun(Callback):
         """detectron2's ``after_train`` (the trainer's: every hook, in order)."""
         self.phase = _FINISHING
         self.d2_trainer.after_train()
+
+
+def _agree_on_checkpoint_periods(hooks: list[Any]) -> list[int]:
+    """With several processes: the union over the ranks of the periods their hooks save checkpoints at (one
+    collective, when training starts); ``[]`` in a single process.
+
+    A hook saves checkpoints when it holds a checkpointer (``checkpointer``, or ``_checkpointer`` as detectron2's
+    ``BestCheckpointer``); its period is its ``period`` or ``_period``. The last iteration always counts.
+    """
+    if comm.get_world_size() == 1:
+        return []
+    mine = {p for p in (_saving_period(h) for h in hooks) if p is not None}
+    return sorted(set().union(*comm.all_gather(sorted(mine))))
+
+
+def _saving_period(hook: Any) -> int | None:
+    holder = hook if find_checkpointers([hook]) else None
+    if holder is None and callable(getattr(getattr(hook, "_checkpointer", None), "save", None)):
+        holder = hook
+    if holder is None:
+        return None
+    for name in ("period", "_period"):
+        value = getattr(hook, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _d2_hook_of(callback: Callback) -> Any:

@@ -68,6 +68,9 @@ class LightningTrainerView:
     def resume_streams(self, start_iter: int) -> None:
         pass  # the data and the RNG are Lightning's and the module's
 
+    def gather_rank_states(self) -> None:
+        pass  # nothing of the hooks' own to save: the module's state is Lightning's
+
     # ------------------------------------------------------------ detectron2's dispatchers
     def before_train(self) -> None:
         call_hooks(self._hooks, "before_train")

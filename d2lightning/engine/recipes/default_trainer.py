@@ -186,11 +186,11 @@ class DefaultTrainer(TrainerBase):
 
     def build_hooks(self) -> list[Any]:
         """detectron2's default hooks, in this order: IterationTimer, LRScheduler, PreciseBN (if enabled and the
-        model has BN in training mode), PeriodicCheckpointer, EvalHook (every rank), PeriodicWriter (main
-        process). PreciseBN comes first so its statistics are saved; the checkpoint is written before evaluation
-        (which may fail); the writer runs last so it sees the evaluation results. Unlike detectron2, the
-        PeriodicCheckpointer is on every rank (files are still written by the main process only), so that the
-        checkpoint holds every rank's RNG states and a resumed run continues exactly on every rank.
+        model has BN in training mode), PeriodicCheckpointer (main process), EvalHook (every rank), PeriodicWriter
+        (main process). PreciseBN comes first so its statistics are saved; the checkpoint is written before
+        evaluation (which may fail); the writer runs last so it sees the evaluation results. The checkpoints hold
+        every rank's RNG states and data-stream positions all the same: the fit's run gathers them on every rank at
+        the iterations the main process saves.
         """
         cfg = self.cfg.clone()
         cfg.defrost()
@@ -202,14 +202,11 @@ class DefaultTrainer(TrainerBase):
                 cfg.TEST.EVAL_PERIOD, self.model, self._precise_bn_loader, cfg.TEST.PRECISE_BN.NUM_ITER
             )
         ret: list[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), precise_bn]
-        # On every rank (detectron2: the main process only; the checkpointer writes on the main process either
-        # way), so that the checkpoint holds every rank's RNG states.
-        max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
-        ret.append(
-            hooks.PeriodicCheckpointer(
-                self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep, gather_rng_states=True
+        if comm.is_main_process():
+            max_to_keep = cfg.SOLVER.get("CHECKPOINT_MAX_TO_KEEP", 0) or None
+            ret.append(
+                hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=max_to_keep)
             )
-        )
 
         def test_and_save_results() -> Any:
             self._last_eval_results = self.test(self.cfg, self.model)
@@ -267,9 +264,11 @@ class DefaultTrainer(TrainerBase):
         self._trainer.end_run()
         super().end_run()
 
-    def resume_streams(self, start_iter: int) -> None:
-        self._trainer.resume_streams(start_iter)  # the data stream first (its iterator draws a seed)...
-        super().resume_streams(start_iter)  # ...then this trainer's RNG states
+    def _resume_data(self, start_iter: int, state: Mapping[str, Any] | None, checkpoint_has_data: bool) -> None:
+        self._trainer._resume_data(start_iter, state, checkpoint_has_data)  # the inner trainer reads the data
+
+    def _data_stream_state(self) -> Mapping[str, Any] | None:
+        return self._trainer._data_stream_state()
 
     def check_trainer_options(self, pl_trainer: Any) -> None:
         self._trainer.check_trainer_options(pl_trainer)
@@ -278,6 +277,7 @@ class DefaultTrainer(TrainerBase):
         ret = super().state_dict()
         inner = self._trainer.state_dict()
         inner.pop("rng", None)  # saved once, at the top
+        inner.pop("data", None)
         ret["_trainer"] = inner
         return ret
 

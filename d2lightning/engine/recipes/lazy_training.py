@@ -12,8 +12,8 @@ The config has detectron2's layout (``configs/common/train.py``):
   ``SimpleTrainer``), ``ddp`` (``create_ddp_model`` arguments), ``checkpointer`` (``PeriodicCheckpointer``
   arguments: ``period``, ``max_to_keep``), ``eval_period``, ``log_period``, ``device``, ``seed``.
 
-The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (on
-every rank here, so that checkpoints hold every rank's RNG states; it writes on the main process only),
+The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (main
+process; its files still hold every rank's RNG states and data-stream positions, gathered by the run),
 ``EvalHook``, ``PeriodicWriter`` (main process) — and, last, the signal hook ``DefaultTrainer`` also registers
 (SIGTERM, or Slurm's preemption signals: a checkpoint at an iteration boundary). ``--resume`` continues from the
 last checkpoint in ``train.output_dir``; ``--eval-only`` evaluates ``train.init_checkpoint`` (with ``--resume``,
@@ -108,9 +108,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
-            # on every rank (detectron2: the main process; files are written there either way), so that the
-            # checkpoint holds every rank's RNG states
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer, gather_rng_states=True),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process

@@ -162,7 +162,7 @@ class StopOnSignal(HookBase):
     def _stop(self, action: int) -> None:
         it = self.trainer.iter
         saves = self.saves(action)
-        gather = getattr(self.trainer, "gather_rng_states", None)
+        gather = getattr(self.trainer, "gather_rank_states", None)
         if saves and callable(gather):  # every rank is here (the decision was broadcast): a collective is safe
             gather()  # the checkpoint holds every rank's RNG states
         saved = self._save(it) if saves else None
