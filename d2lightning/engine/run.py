@@ -58,6 +58,7 @@ from d2lightning.engine.training_state import attach_training_state
 from d2lightning.utils import comm
 from d2lightning.utils.env import set_rng_states
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
+from d2lightning.utils.logger import console_until_configured
 
 __all__ = ["HOOK_METHODS", "TrainingRun", "call_hooks"]
 
@@ -285,6 +286,9 @@ class TrainingRun(Callback):
         owner.storage = self.storage
         self.phase = _TRAINING
         self.checkpointers = attach_training_state(self, owner)
+        if self.pl_trainer is not None and self.pl_trainer.is_global_zero:
+            # logging not configured (a Lightning user's script): d2lightning's INFO lines are seen during the run
+            self.on_close.append(console_until_configured())
 
     def _finish(self) -> None:
         """detectron2's ``after_train`` (the owner's: every hook, in order), then close — whatever happens."""
