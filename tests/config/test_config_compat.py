@@ -104,3 +104,20 @@ def test_an_older_file_with_a_key_of_neither_version_names_it(tmp_path: Path) ->
 def test_impossible_conversions_are_one_line(convert, message: str) -> None:
     with pytest.raises(ConfigError, match=f"^{message}"):
         convert(get_cfg())
+
+
+def test_config_errors_pickle_with_their_attributes() -> None:
+    """An error raised in a launched worker reaches the parent pickled: the command judges it by its type."""
+    import pickle
+
+    from d2lightning.config import ConfigFileError, ConfigImportError
+
+    for error in (
+        ConfigFileError("m", path="a.yaml", key="K"),
+        ConfigImportError("relative import", path="a.py"),
+        UnknownKeyError("u", key="A.B", origin="override 'A.B 1'", suggestion="A.C"),
+    ):
+        back = pickle.loads(pickle.dumps(error))
+        assert (type(back), str(back), back.key, back.origin) == (type(error), str(error), error.key, error.origin)
+        assert getattr(back, "path", None) == getattr(error, "path", None)
+        assert getattr(back, "suggestion", None) == getattr(error, "suggestion", None)
