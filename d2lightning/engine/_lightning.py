@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 
 __all__ = [
     "LeanTrainingLoop",
@@ -190,7 +190,7 @@ class LeanTrainingLoop:
     Until something calls ``self.log``, the logger connector's end-of-batch bookkeeping (which would find nothing
     to log) is skipped. Inside the training step (where Lightning dispatches ``on_before_backward``,
     ``on_after_backward``, ``on_before_optimizer_step``), the Trainer's ``callbacks`` are only those acting on them
-    and its profiler (one that records nothing, or this would not apply) one without a per-call context manager.
+    (and the progress bar, which another thread may look up) and its profiler (one that records nothing, or this would not apply) one without a per-call context manager.
 
     Touches ``fit_loop.epoch_loop`` (``batch_progress``, ``val_loop``, ``_results``, ``_batches_that_stepped``,
     ``restarting``,
@@ -260,8 +260,11 @@ class LeanTrainingLoop:
             self._dispatch = {
                 name: [getattr(cb, name) for cb in callbacks if _acts_on(cb, name)] for name in self._PER_STEP_HOOKS
             }
+            # progress bars stay: a RichProgressBar's refresh thread asks for trainer.progress_bar_callback meanwhile
             self._dispatch["in_step"] = [
-                cb for cb in callbacks if any(_acts_on(cb, name) for name in self._IN_STEP_HOOKS)
+                cb
+                for cb in callbacks
+                if isinstance(cb, ProgressBar) or any(_acts_on(cb, name) for name in self._IN_STEP_HOOKS)
             ]
         return self._dispatch[hook]
 

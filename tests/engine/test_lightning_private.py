@@ -270,3 +270,25 @@ class _StopAt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
             trainer.should_stop = True
+
+
+def test_the_progress_bar_stays_visible_during_the_lean_step() -> None:
+    """A RichProgressBar's refresh thread reads ``trainer.progress_bar_callback`` at any moment, the step included
+    (the lean step's shorter callback list once hid it: an AssertionError in that thread)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    seen: list[Any] = []
+
+    class InStep(pl.Callback):
+        def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            seen.append(trainer.progress_bar_callback)
+
+    bar = TQDMProgressBar(refresh_rate=0)
+    took: list[bool] = []
+    trainer = lightning_trainer(
+        3,
+        [bar, InStep(), Capture(lambda t: took.append(_lightning.LeanTrainingLoop.applies(t)))],
+        enable_progress_bar=True,
+    )
+    trainer.fit(module())
+    assert took == [True] and seen == [bar, bar, bar]
