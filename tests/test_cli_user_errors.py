@@ -102,6 +102,12 @@ def test_batch_not_divisible_by_two_launched_processes(tmp_path: Path) -> None:
     assert "Terminating process" not in result.stderr
 
 
+def test_a_config_file_error_in_launched_processes_is_one_line(tmp_path: Path) -> None:
+    """Config errors carry keyword-only attributes (``path``): they reach the launching process pickled, whole."""
+    result = run_cli(["train", "--num-gpus", "2", "--dist-url", "auto", "--config-file", str(tmp_path / "nope.yaml")])
+    assert error_line(result).startswith(f"Config file '{tmp_path / 'nope.yaml'}' does not exist and is not a built-in")
+
+
 def test_eval_with_a_corrupt_checkpoint(tmp_path: Path, tiny: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     garbage = _garbage(tmp_path / "garbage.pth")
     assert _error(capsys, ["eval", *tiny, "MODEL.WEIGHTS", str(garbage)]) == f"Checkpoint {garbage} {NOT_TORCH}"
