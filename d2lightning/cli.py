@@ -8,7 +8,8 @@ evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes 
 config, an unknown dataset, an unreadable image, a damaged checkpoint, a busy ``OUTPUT_DIR``... see
 :mod:`d2lightning.cli_errors`) end with one clear message and exit code 1, not a traceback (set ``D2L_DEBUG=1``
 to get it). Training claims ``OUTPUT_DIR`` before writing anything there; SIGTERM ends it with a checkpoint and
-exit code 143.
+exit code 143, and so does a first Ctrl-C, with exit code 130 (a second one aborts at once). Flags may also come after
+the config overrides (:mod:`d2lightning.cli_flags`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main"]
+
+#: The exit status after Ctrl-C (128 + SIGINT), as a shell reports for a process that SIGINT ended.
+INTERRUPTED = 130
 
 
 def _trainer_class() -> Any:
@@ -295,10 +299,6 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.Argument
     return parser
 
 
-#: The exit status after Ctrl-C (128 + SIGINT), as a shell reports for a process that SIGINT ended.
-INTERRUPTED = 130
-
-
 def _aborted(args: argparse.Namespace) -> str:
     """The line for a run that Ctrl-C ended at once (a second Ctrl-C, or one outside the training loop)."""
     if args.command == "train" and not getattr(args, "eval_only", False):
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"d2lightning {args.command}: {_aborted(args)}", file=sys.stderr)
         return INTERRUPTED
     except SystemExit as e:
-        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM, with a checkpoint
+        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM or a first Ctrl-C, with a checkpoint
         if not stopped or not isinstance(e.code, int):
             raise
         print(f"d2lightning {args.command}: {stopped}", file=sys.stderr)

@@ -190,7 +190,8 @@ class LeanTrainingLoop:
     Until something calls ``self.log``, the logger connector's end-of-batch bookkeeping (which would find nothing
     to log) is skipped. Inside the training step (where Lightning dispatches ``on_before_backward``,
     ``on_after_backward``, ``on_before_optimizer_step``), the Trainer's ``callbacks`` are only those acting on them
-    (and the progress bar, which another thread may look up) and its profiler (one that records nothing, or this would not apply) one without a per-call context manager.
+    (and the progress bar, which another thread may look up) and its profiler (one that records nothing, or this
+    would not apply) one without a per-call context manager.
 
     Touches ``fit_loop.epoch_loop`` (``batch_progress``, ``val_loop``, ``_results``, ``_batches_that_stepped``,
     ``restarting``,
