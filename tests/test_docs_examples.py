@@ -55,7 +55,9 @@ def python_blocks(path: Path) -> list[Block]:
     while i < len(lines):
         fence = _FENCE.match(lines[i])
         if not fence:
-            if FRAGMENT.fullmatch(lines[i]) and not (i + 1 < len(lines) and lines[i + 1].lstrip().startswith("```python")):
+            if FRAGMENT.fullmatch(lines[i]) and not (
+                i + 1 < len(lines) and lines[i + 1].lstrip().startswith("```python")
+            ):
                 raise ValueError(f"{path.name}:{i + 1}: a fragment marker must be right before a ```python block")
             i += 1
             continue
