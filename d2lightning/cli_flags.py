@@ -104,7 +104,7 @@ def move_flags_before_overrides(
     parser = build_parser(_RaisingParser)
     before: list[str] = []
     for _ in range(len(argv)):  # each round moves at least one flag: a bound, not a retry
-        opts = list(args.opts or [])
+        opts = list(getattr(args, "opts", None) or [])  # (commands without overrides, e.g. plot, have none)
         flag_at = _first_flag(opts, command)
         if flag_at is None or list(argv[len(argv) - len(opts) :]) != opts:  # (not the tail of argv: argparse's "--")
             if before:

@@ -53,6 +53,7 @@ def _parse(*argv: str) -> dict[str, object]:
             "predict --config-file x.yaml --input a.png --output b.png MODEL.DEVICE cpu --confidence-threshold 0.3",
             {"output": "b.png", "confidence_threshold": 0.3, "opts": ["MODEL.DEVICE", "cpu"]},
         ),
+        ("plot out --output a.png", {"output_dir": "out", "output": "a.png"}),  # a command without overrides
         (
             "slurm submit --config-file x.yaml SOLVER.MAX_ITER 5 --dry-run --nodes 2",
             {"dry_run": True, "nodes": 2, "opts": ["SOLVER.MAX_ITER", "5"]},
