@@ -8,7 +8,8 @@ evaluator, ``--resume`` / ``--eval-only``, and ``launch`` for several processes 
 config, an unknown dataset, an unreadable image, a damaged checkpoint, a busy ``OUTPUT_DIR``... see
 :mod:`d2lightning.cli_errors`) end with one clear message and exit code 1, not a traceback (set ``D2L_DEBUG=1``
 to get it). Training claims ``OUTPUT_DIR`` before writing anything there; SIGTERM ends it with a checkpoint and
-exit code 143.
+exit code 143, and so does a first Ctrl-C, with exit code 130 (a second one aborts at once). Flags may also come after
+the config overrides (:mod:`d2lightning.cli_flags`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 
 __all__ = ["main"]
 
-logger = logging.getLogger("d2lightning.cli")
+#: The exit status after Ctrl-C (128 + SIGINT), as a shell reports for a process that SIGINT ended.
+INTERRUPTED = 130
 
 
 def _trainer_class() -> Any:
@@ -76,14 +78,19 @@ def _quiet_console() -> None:
 
 
 @contextlib.contextmanager
-def _output_dir_claimed(output_dir: str, args: argparse.Namespace) -> Iterator[None]:
-    """Training holds its output directory (main process) before ``default_setup`` writes config.yaml and log.txt."""
+def _output_dir_claimed(output_dir: str, args: argparse.Namespace, key: str) -> Iterator[None]:
+    """Training holds its output directory (main process) before ``default_setup`` writes config.yaml and log.txt.
+
+    A directory that cannot be created or written to is an error naming ``key`` (``default_setup`` does the same
+    for ``--eval-only``)."""
+    from d2lightning.engine.recipes.output_dir import make_output_dir
     from d2lightning.utils import comm
     from d2lightning.utils.run_lock import OutputDirLock
 
     if args.eval_only or not comm.is_main_process() or not output_dir:
         yield
         return
+    make_output_dir(output_dir, key)
     with OutputDirLock(output_dir):
         yield
 
@@ -124,17 +131,35 @@ def train_main(args: argparse.Namespace) -> dict[str, Any] | None:
         from d2lightning.engine.recipes import lazy_training
 
         lazy_cfg = lazy_training.load_config(args)
-        with _output_dir_claimed(lazy_cfg.train.output_dir, args):
+        weights = lazy_cfg.train.init_checkpoint
+        untrained = _untrained(args, weights, "train.init_checkpoint", "=", lazy_cfg.train.output_dir)
+        with _output_dir_claimed(lazy_cfg.train.output_dir, args, "train.output_dir"):
             lazy_training.setup(args, lazy_cfg)
             _quiet_console()
             results = lazy_training.run(args, lazy_cfg)
     else:
         cfg = load_config(args)
-        with _output_dir_claimed(cfg.OUTPUT_DIR, args):
+        untrained = _untrained(args, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", " ", cfg.OUTPUT_DIR)
+        with _output_dir_claimed(cfg.OUTPUT_DIR, args, "OUTPUT_DIR"):
             results = _run(setup(args, cfg), args)
     if comm.is_main_process() and results:
         _print_final_table(results)
+    if comm.is_main_process() and untrained:
+        print(f"d2lightning {args.command}: warning: {untrained}", file=sys.stderr, flush=True)
     return results
+
+
+def _untrained(args: argparse.Namespace, weights: str, weights_key: str, assign: str, output_dir: str) -> str | None:
+    """The warning for an evaluation of a randomly initialised model, or None: printed once, after the results,
+    where it is seen (the log above it is long). ``assign`` joins key and value in an override (" " or "=")."""
+    if not args.eval_only or weights or (args.resume and os.path.exists(os.path.join(output_dir, "last_checkpoint"))):
+        return None
+    why = f"{output_dir} has no checkpoint to resume from" if args.resume else "--resume was not given"
+    give = f"{weights_key}{assign}path/to/model.pth"
+    return (
+        f"these are the results of an untrained model: {weights_key} is empty and {why}; pass {give}, or --resume "
+        "to evaluate the last checkpoint of the output directory"
+    )
 
 
 def _run(cfg: Any, args: argparse.Namespace) -> Any:
@@ -149,11 +174,6 @@ def _run(cfg: Any, args: argparse.Namespace) -> Any:
         check_device(cfg)
         model = trainer_cls.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
-            logger.warning(
-                "Evaluating an untrained model: MODEL.WEIGHTS is empty and there is no checkpoint to --resume "
-                f"from in {cfg.OUTPUT_DIR}; pass MODEL.WEIGHTS path/to/model.pth or --resume"
-            )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_cls.test(cfg, model)
         if comm.is_main_process() and not verify_results(cfg, results):
@@ -187,15 +207,35 @@ def _train_command(args: argparse.Namespace) -> int:
     dist_url = args.dist_url
     if dist_url == default_argument_parser().get_default("dist_url") and detect_cluster_environment() is not None:
         dist_url = None  # the default URL is for processes launch spawns; srun/torchrun bring their rendezvous
-    launch(
-        train_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=dist_url,
-        args=(args,),
-    )
+    with _first_ctrl_c_checkpoints():
+        launch(
+            train_main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=dist_url,
+            args=(args,),
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_checkpoints() -> Iterator[None]:
+    """While the command trains (in this process and the workers it starts, which inherit the environment), a first
+    Ctrl-C stops training at the next iteration boundary with a checkpoint, as SIGTERM does, and exits with 130;
+    a second one aborts at once (see :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint`). The Python API
+    keeps detectron2's ``KeyboardInterrupt``."""
+    from d2lightning.engine.recipes.termination import SIGINT_POLICY_VARIABLE
+
+    previous = os.environ.get(SIGINT_POLICY_VARIABLE)
+    os.environ[SIGINT_POLICY_VARIABLE] = "checkpoint"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[SIGINT_POLICY_VARIABLE]
+        else:
+            os.environ[SIGINT_POLICY_VARIABLE] = previous
 
 
 def _predict_command(args: argparse.Namespace) -> int:
@@ -211,11 +251,15 @@ _CONFIG_FILE_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``d2lightning`` argument parser with its subcommands (built without importing torch or Lightning)."""
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``d2lightning`` argument parser with its subcommands (built without importing torch or Lightning).
+
+    Args:
+        parser_class: the class of the parser and of its subcommands' parsers.
+    """
     from d2lightning._argument_parser import default_argument_parser
 
-    parser = argparse.ArgumentParser(prog="d2lightning", description="detectron2's training engine on Lightning.")
+    parser = parser_class(prog="d2lightning", description="detectron2's training engine on Lightning.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, summary, description, defaults in (
         (
@@ -255,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _aborted(args: argparse.Namespace) -> str:
+    """The line for a run that Ctrl-C ended at once (a second Ctrl-C, or one outside the training loop)."""
+    if args.command == "train" and not getattr(args, "eval_only", False):
+        return (
+            "aborted by Ctrl-C, without a checkpoint of the iterations since the last one (a first Ctrl-C during "
+            "training stops with a checkpoint); to continue from the last checkpoint, run the same command with "
+            "--resume"
+        )
+    return "aborted by Ctrl-C"
+
+
 def _quiet_lightning_notices() -> None:
     """Drop Lightning's advertising tip and two notices that say nothing about the user's run."""
     import warnings
@@ -267,12 +322,20 @@ def _quiet_lightning_notices() -> None:
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip")
+    # and not Lightning's "Detected KeyboardInterrupt" either: the command says in one line what Ctrl-C did
+    return not str(record.msg).startswith(("💡 Tip", "\nDetected KeyboardInterrupt"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    from d2lightning.cli_flags import FlagError, command_name, parse_command_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_command_line(build_parser, argv)  # flags after the config overrides are flags too
+    except FlagError as e:
+        print(f"d2lightning {command_name(argv)}: error: {e}", file=sys.stderr)
+        return 1
     _quiet_lightning_notices()
     if os.environ.get("D2L_DEBUG"):
         return int(args.func(args))
@@ -280,8 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"d2lightning {args.command}: {_aborted(args)}", file=sys.stderr)
+        return INTERRUPTED
     except SystemExit as e:
-        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM, with a checkpoint
+        stopped = getattr(e, "message", None)  # TrainingPreempted: SIGTERM or a first Ctrl-C, with a checkpoint
         if not stopped or not isinstance(e.code, int):
             raise
         print(f"d2lightning {args.command}: {stopped}", file=sys.stderr)

@@ -7,6 +7,7 @@ without weights and for a fresh run over an earlier run's checkpoints, and a wor
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -23,8 +24,8 @@ from d2lightning.engine.distributed.cluster import DistributedEnvironment
 from d2lightning.engine.distributed.workers import RendezvousTimeoutError, wait_for_master
 from d2lightning.engine.recipes.startup_checks import check_device
 from tests.helpers.checkpoint import random_bytes
-from tests.helpers.cli import demo_args, error_line, run_cli
-from tests.helpers.demo import write_tiny_config
+from tests.helpers.cli import demo_args, error_line, run_cli, tiny_args
+from tests.helpers.demo import DEMO_VAL_SUBSET, write_tiny_config
 
 NOT_TORCH = "is truncated or corrupt: it is not a PyTorch file (neither a zip archive nor torch's legacy format)"
 
@@ -101,6 +102,12 @@ def test_batch_not_divisible_by_two_launched_processes(tmp_path: Path) -> None:
     assert "Terminating process" not in result.stderr
 
 
+def test_a_config_file_error_in_launched_processes_is_one_line(tmp_path: Path) -> None:
+    """Config errors carry keyword-only attributes (``path``): they reach the launching process pickled, whole."""
+    result = run_cli(["train", "--num-gpus", "2", "--dist-url", "auto", "--config-file", str(tmp_path / "nope.yaml")])
+    assert error_line(result).startswith(f"Config file '{tmp_path / 'nope.yaml'}' does not exist and is not a built-in")
+
+
 def test_eval_with_a_corrupt_checkpoint(tmp_path: Path, tiny: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     garbage = _garbage(tmp_path / "garbage.pth")
     assert _error(capsys, ["eval", *tiny, "MODEL.WEIGHTS", str(garbage)]) == f"Checkpoint {garbage} {NOT_TORCH}"
@@ -151,14 +158,102 @@ def test_callbacks_and_loggers_take_yaml_flow_syntax(tmp_path: Path, tiny: list[
     assert (tmp_path / "out" / "flow" / "version_0" / "metrics.csv").exists()
 
 
-def test_eval_without_weights_warns_that_the_model_is_untrained(
-    tiny: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+_UNTRAINED = (
+    "d2lightning eval: warning: these are the results of an untrained model: {key} is empty and {why}; pass "
+    "{key}{assign}path/to/model.pth, or --resume to evaluate the last checkpoint of the output directory"
+)
+
+
+def test_eval_without_weights_warns_once_after_the_results(tiny: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["eval", *tiny]) == 0
+    captured = capsys.readouterr()
+    warning = _UNTRAINED.format(key="MODEL.WEIGHTS", assign=" ", why="--resume was not given")
+    assert captured.err.splitlines()[-1] == warning  # the last line, after the results table
+    assert "untrained" not in captured.out
+    assert cli.main(["eval", "--resume", *tiny]) == 0
+    why = f"{tiny[-1]} has no checkpoint to resume from"
+    assert capsys.readouterr().err.splitlines()[-1] == _UNTRAINED.format(key="MODEL.WEIGHTS", assign=" ", why=why)
+    assert cli.main(["train", *tiny, "SOLVER.MAX_ITER", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--resume", *tiny]) == 0  # a checkpoint to evaluate: no warning
+    assert "untrained" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["yaml", "py"])
+def test_eval_without_weights_is_one_visible_line_on_both_config_kinds(tmp_path: Path, kind: str) -> None:
+    if kind == "yaml":
+        args = tiny_args(tmp_path, tmp_path / "out", command="eval")
+        key, assign = "MODEL.WEIGHTS", " "
+    else:  # the built-in LazyConfig, evaluated on 8 images of its validation split
+        subset = [
+            f"dataloader.test.dataset.names={DEMO_VAL_SUBSET}",
+            f"dataloader.evaluator.dataset_name={DEMO_VAL_SUBSET}",
+        ]
+        args = ["eval", "--config-file", "shapes_detector.py", f"train.output_dir={tmp_path / 'out'}", *subset]
+        key, assign = "train.init_checkpoint", "="
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = _UNTRAINED.format(key=key, assign=assign, why="--resume was not given")
+    assert result.stderr.splitlines()[-1] == warning
+    assert (result.stdout + result.stderr).count("untrained") == 1
+
+
+# ---- OUTPUT_DIR that cannot be used; a warmup longer than the run ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "key"),
+    [("train", "yaml", "OUTPUT_DIR"), ("eval", "yaml", "OUTPUT_DIR"), ("train", "py", "train.output_dir")],
+)
+def test_an_output_dir_under_a_file_is_named_in_one_line(tmp_path: Path, command: str, config: str, key: str) -> None:
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "run"
+    if config == "yaml":
+        args = tiny_args(tmp_path, out, command=command)
+    else:
+        args = [command, "--config-file", "shapes_detector.py", f"train.output_dir={out}"]
+    message = error_line(run_cli(args), command)
     assert (
-        "Evaluating an untrained model: MODEL.WEIGHTS is empty and there is no checkpoint to --resume from in "
-        f"{tiny[-1]}; pass MODEL.WEIGHTS path/to/model.pth or --resume"
-    ) in capsys.readouterr().out
+        message
+        == f"{key} '{out}' cannot be used as the output directory: '{tmp_path / 'a_file'}' is a file, not a directory"
+    )
+
+
+def test_an_output_dir_without_permission_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from d2lightning.engine.recipes.output_dir import make_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # also as root, who may write anywhere
+    with pytest.raises(PermissionError) as info:
+        make_output_dir(str(locked / "run"), "train.output_dir")
+    assert str(info.value) == (
+        f"train.output_dir '{locked / 'run'}' cannot be used as the output directory: Permission denied "
+        f"('{locked / 'run'}')"
+    )
+    assert user_error_message(info.value) == str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only directory")
+def test_a_read_only_output_dir_is_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    message = error_line(run_cli(tiny_args(tmp_path, locked / "run")))
+    assert message.startswith(
+        f"OUTPUT_DIR '{locked / 'run'}' cannot be used as the output directory: Permission denied"
+    )
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_naming_both_keys(tmp_path: Path) -> None:
+    result = run_cli(tiny_args(tmp_path, tmp_path / "out", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "warms up" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(
+        "SOLVER.MAX_ITER (2) <= SOLVER.WARMUP_ITERS (5): the learning rate warms up during the whole run and never "
+        "reaches SOLVER.BASE_LR (0.05); lower SOLVER.WARMUP_ITERS (e.g. to 1) or raise SOLVER.MAX_ITER"
+    )
+    assert lines[0].startswith("WARNING [")  # the console's warning layout, on stdout with the run's log
 
 
 def test_a_fresh_run_over_an_earlier_runs_checkpoints_warns_naming_them(

@@ -1,5 +1,6 @@
 """detectron2-compatible configs on omegaconf: the yacs API (``CfgNode``, ``get_cfg``), strictly validated, and
-the Python "LazyConfig" API (``LazyConfig``, ``LazyCall``, ``instantiate``), plus ``configurable``.
+the Python "LazyConfig" API (``LazyConfig``, ``LazyCall``, ``instantiate``), plus ``configurable`` and the version
+conversions (``upgrade_config``, ``downgrade_config``): every public name of ``detectron2.config``.
 
 Example::
 
@@ -14,12 +15,14 @@ Example::
     model = instantiate(lazy.model)
 """
 
+from d2lightning.config.compat import downgrade_config, upgrade_config
 from d2lightning.config.config import CfgNode, get_cfg, global_cfg, set_global_cfg
 from d2lightning.config.configurable import configurable
 from d2lightning.config.detectron2_defaults import add_detectron2_defaults
 from d2lightning.config.errors import (
     ConfigError,
     ConfigFileError,
+    ConfigImportError,
     ConfigTypeError,
     FrozenConfigError,
     UnknownKeyError,
@@ -34,6 +37,7 @@ __all__ = [
     "CfgNode",
     "ConfigError",
     "ConfigFileError",
+    "ConfigImportError",
     "ConfigTypeError",
     "FrozenConfigError",
     "KeySpec",
@@ -44,6 +48,7 @@ __all__ = [
     "add_detectron2_defaults",
     "apply_overrides",
     "configurable",
+    "downgrade_config",
     "extend_defaults",
     "extend_defaults_from_cfgnode",
     "get_cfg",
@@ -51,4 +56,5 @@ __all__ = [
     "instantiate",
     "parse_overrides",
     "set_global_cfg",
+    "upgrade_config",
 ]

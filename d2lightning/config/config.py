@@ -20,6 +20,7 @@ accepted (see :mod:`d2lightning.config.errors`):
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -39,6 +40,8 @@ from d2lightning.config.serialize import to_omegaconf, to_yaml
 from d2lightning.config.spec import is_valid_leaf
 
 __all__ = ["CfgNode", "get_cfg", "global_cfg", "set_global_cfg"]
+
+logger = logging.getLogger(__name__)
 
 
 class CfgNode(dict[str, Any]):
@@ -147,25 +150,45 @@ class CfgNode(dict[str, Any]):
 
         As in detectron2, ``allow_unsafe`` (default True) lets a file that uses Python YAML tags (such as
         detectron2's ``Base-RetinaNet.yaml``) be read with ``yaml.unsafe_load``, with a logged warning;
-        pass False to refuse them. A file whose ``VERSION`` differs from this cfg's is refused (detectron2
-        would upgrade a v1 file).
+        pass False to refuse them. A file of an older ``VERSION`` (or without one that uses version 1 keys) is
+        read as detectron2 reads it: this cfg is downgraded to the file's version, the file merged, and the
+        result upgraded back (:mod:`d2lightning.config.compat`), with a logged warning.
 
         Raises:
             ConfigFileError: the file or a base is missing/unreadable/invalid, or the chain has a cycle.
             UnknownKeyError / ConfigTypeError: a key the cfg lacks, or a bad value, naming the file.
+            ConfigError: the file's ``VERSION`` is newer than this cfg's.
         """
         path = os.fspath(cfg_filename)
         tree, origins = load_yaml_with_base(path, allow_unsafe)
+        file_origins = {k: f"file {v!r}" for k, v in origins.items()}
+
+        def merge(cfg: CfgNode) -> None:
+            merge_tree(cfg, tree, file_origins, f"file {path!r}", cfg)
+
+        version = self.get("VERSION") if not self._key_list else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            self._atomic(merge)
+            return
+        from d2lightning.config import compat
+
         file_version = tree.get("VERSION")
-        if not self._key_list and "VERSION" in self and file_version not in (None, self["VERSION"]):
+        if file_version is None:
+            file_version = compat.guess_version(tree, path)
+        if file_version == version:
+            self._atomic(merge)
+            return
+        if not isinstance(file_version, int) or isinstance(file_version, bool) or file_version > version:
             raise ConfigError(
-                f"Config file {path!r} has VERSION {file_version!r}; only VERSION {self['VERSION']!r} files "
-                "(detectron2's current format) can be read.",
+                f"Config file {path!r} has VERSION {file_version!r}; this config reads VERSION {version} files and "
+                "older ones.",
                 key="VERSION",
                 origin=f"file {path!r}",
             )
-        file_origins = {k: f"file {v!r}" for k, v in origins.items()}
-        self._atomic(lambda c: merge_tree(c, tree, file_origins, f"file {path!r}", c))
+        logger.warning(f"Loading config file {path!r} of VERSION {file_version} by upgrading it to VERSION {version}")
+        old = compat.downgrade_config(self, file_version)
+        old._atomic(merge)
+        self._replace_with(compat.upgrade_config(old, version))
 
     def merge_from_other_cfg(self, cfg_other: Mapping[str, Any]) -> None:
         """Merge another cfg (or nested mapping) into this one, with the same checks as a file."""
@@ -294,6 +317,13 @@ class CfgNode(dict[str, Any]):
         elif not is_valid_leaf(value):
             raise type_error(self, key, value, None, None)
         dict.__setitem__(self, key, value)
+
+    def _replace_with(self, other: CfgNode) -> None:
+        """Hold ``other``'s keys and values instead of this node's own (both checked already)."""
+        self._check_mutable("")
+        dict.clear(self)
+        for key, value in other.items():
+            self._store(key, value)
 
     def _atomic(self, apply: Callable[[CfgNode], Any]) -> None:
         apply(self.clone())  # raises on the first bad key, leaving self untouched

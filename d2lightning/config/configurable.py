@@ -36,6 +36,10 @@ _MISUSE = (
 )
 
 
+class _NoFromConfigError(TypeError, AttributeError):
+    """A ``@configurable`` class without ``from_config``: a ``TypeError``, and the ``AttributeError`` of detectron2."""
+
+
 def configurable(init_func: F | None = None, *, from_config: Callable[..., Any] | None = None) -> Any:
     """Make ``__init__`` (or a function, given ``from_config``) accept a config in place of its arguments.
 
@@ -44,8 +48,8 @@ def configurable(init_func: F | None = None, *, from_config: Callable[..., Any] 
         from_config: for a function: turns ``(cfg, ...)`` into the function's keyword arguments.
 
     Raises:
-        TypeError: the decorator is misused; at call time, the class lacks a ``from_config`` classmethod, or
-            ``from_config``'s first parameter is not named ``cfg``.
+        TypeError: the decorator is misused; at call time, the class lacks a ``from_config`` classmethod (then also
+            an ``AttributeError``, as detectron2 raises), or ``from_config``'s first parameter is not named ``cfg``.
     """
     if init_func is not None:
         if not (inspect.isfunction(init_func) and from_config is None and init_func.__name__ == "__init__"):
@@ -55,7 +59,8 @@ def configurable(init_func: F | None = None, *, from_config: Callable[..., Any] 
         def init(self: Any, *args: Any, **kwargs: Any) -> None:
             factory = getattr(type(self), "from_config", None)
             if factory is None or not inspect.ismethod(factory):
-                raise TypeError(f"{type(self).__name__} uses @configurable and must have a 'from_config' classmethod")
+                error = _NoFromConfigError if factory is None else TypeError
+                raise error(f"{type(self).__name__} uses @configurable and must have a 'from_config' classmethod")
             if called_with_cfg(*args, **kwargs):
                 init_func(self, **_arguments_from_config(factory, *args, **kwargs))
             else:

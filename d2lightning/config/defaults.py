@@ -150,7 +150,7 @@ _LIGHTNING: dict[str, Any] = {
 }
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
-    "VERSION": 2,  # config format version (detectron2's); files with another VERSION are refused
+    "VERSION": 2,  # config format version (detectron2's); older files are upgraded (config/compat.py)
     "MODEL": _MODEL,
     "INPUT": _INPUT,
     "DATASETS": _DATASETS,

@@ -3,18 +3,20 @@
 yacs raises bare ``KeyError`` / ``ValueError`` / ``AttributeError`` / ``AssertionError`` whose messages often
 lack the file the bad key came from. Every error here is a :class:`ConfigError` (a ``ValueError``) whose
 message names the full dotted key, where the value came from (a file or a command-line override) and what
-is accepted. The subclasses also derive from the builtin yacs raised in the same situation, so existing
-``except KeyError:`` / ``except AttributeError:`` code keeps working.
+is accepted. The subclasses also derive from the builtin yacs (or detectron2) raises in the same situation, so existing
+``except KeyError:`` / ``except AttributeError:`` / ``except ImportError:`` code keeps working.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "ConfigError",
     "ConfigFileError",
+    "ConfigImportError",
     "ConfigTypeError",
     "FrozenConfigError",
     "UnknownKeyError",
@@ -37,6 +39,22 @@ class ConfigError(ValueError):
     def __str__(self) -> str:
         # KeyError.__str__ would wrap the message in quotes; always show the plain message.
         return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword-only arguments (path=...) would be lost by BaseException's pickling: rebuild from the attributes
+        attributes = dict(self.__dict__)
+        if isinstance(self, ImportError):  # ImportError keeps `path` in a slot of its own
+            attributes["path"] = self.path
+        return _rebuild, (type(self), self.args, attributes)
+
+
+def _rebuild(cls: type[ConfigError], args: tuple[Any, ...], attributes: dict[str, Any]) -> ConfigError:
+    """A pickled config error, as it was (an error raised in a launched worker reaches the parent so)."""
+    error = cls.__new__(cls)
+    error.args = args
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
 
 
 class UnknownKeyError(ConfigError, KeyError, AttributeError):
@@ -76,6 +94,13 @@ class ConfigFileError(ConfigError):
     def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
         super().__init__(message, key=key, origin=f"file {path!r}")
         self.path = path
+
+
+class ConfigImportError(ConfigFileError, ImportError):  # type: ignore[misc]  # path: str, ImportError's str | None
+    """A relative import in a Python config file that does not name a config file (a missing file, a folder).
+
+    Also an ``ImportError``, what detectron2's ``LazyConfig.load`` raises there.
+    """
 
 
 def closest_key(key: str, candidates: Iterable[str]) -> str | None:

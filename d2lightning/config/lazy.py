@@ -184,9 +184,9 @@ class LazyConfig:
         it); ``+key=value`` adds a new one. List items are addressed by index (``a.augmentations.0.size=64``).
 
         Raises:
-            UnknownKeyError: the key does not exist (with the closest existing key).
-            ConfigTypeError: the key is below a value that is not a config, or a typed (structured) config
-                refuses the value.
+            UnknownKeyError: the key does not exist (with the closest existing key), or is below a value that is
+                not a config; a ``KeyError``, as detectron2 raises.
+            ConfigTypeError: a typed (structured) config refuses the value.
             ConfigError: an item is not ``key=value``, or asks to delete a key (``~key``).
         """
         for item in overrides or ():
@@ -243,8 +243,8 @@ def _check_prefixes(cfg: Any, key: str, text: str) -> None:
         value = OmegaConf.select(cfg, prefix, default=_ABSENT, throw_on_missing=False)
         if value is _ABSENT:
             return
-        if not OmegaConf.is_config(value):
-            raise ConfigTypeError(
+        if not OmegaConf.is_config(value):  # the key cannot exist: a KeyError, as detectron2 raises
+            raise UnknownKeyError(
                 f"Override {text!r}: {prefix!r} is a {type(value).__name__}, not a config with keys", key=key
             )
 

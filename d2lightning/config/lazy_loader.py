@@ -12,7 +12,8 @@ How, without touching global state: each config file runs with its own ``__built
 resolves relative imports to files and hands every other import to Python's. (detectron2 swaps
 ``builtins.__import__`` for the whole process while a config loads.) Errors: a syntax error names the file and
 line; an import cycle between config files shows the cycle; an error raised by a config file's code names the
-file and line; a relative import of a missing file names the file looked for. All are :class:`ConfigFileError`.
+file and line; a relative import of a missing file names the file looked for. All are :class:`ConfigFileError`; a
+bad relative import is a :class:`ConfigImportError`, also an ``ImportError`` (what detectron2 raises).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from d2lightning.config.errors import ConfigFileError
+from d2lightning.config.errors import ConfigFileError, ConfigImportError
 
 __all__ = ["as_config", "run_config_file"]
 
@@ -153,11 +154,13 @@ def _relative_file(importer: str, name: str, level: int) -> str:
         return path + ".py"
     dots = "." * level
     if os.path.isdir(path):
-        raise ConfigFileError(
-            f"Config file {importer!r} imports {dots}{name}, which is a folder: import the config files in it "
-            f"(from {dots}{name}.FILE import ...), not the folder",
+        raise ConfigImportError(
+            f"Config file {importer!r} imports {dots}{name}, which is a folder: a relative import in a config file "
+            f"names config files, so import those in it (from {dots}{name}.FILE import ...), not the folder",
             path=importer,
         )
-    raise ConfigFileError(
-        f"Config file {importer!r} imports {dots}{name}, but {path + '.py'!r} does not exist", path=importer
+    raise ConfigImportError(
+        f"Config file {importer!r} imports {dots}{name}, but {path + '.py'!r} does not exist (a relative import in "
+        "a config file names another config file)",
+        path=importer,
     )

@@ -18,6 +18,7 @@ from d2lightning._argument_parser import default_argument_parser
 from d2lightning.config.lookup import cfg_get
 from d2lightning.engine.distributed.ddp import create_ddp_model
 from d2lightning.engine.recipes.default_trainer import DefaultTrainer
+from d2lightning.engine.recipes.output_dir import make_output_dir
 from d2lightning.engine.recipes.predictor import DefaultPredictor
 from d2lightning.engine.recipes.writers import default_writers
 from d2lightning.utils import comm
@@ -35,6 +36,7 @@ __all__ = [
 
 #: detectron2's own loggers, which ``default_setup`` configures as detectron2's does (console on rank 0, log files).
 DETECTRON2_LOGGERS = ("fvcore", "detectron2")
+_OUTPUT_DIR_KEYS = ("OUTPUT_DIR", "output_dir", "train.output_dir")  # detectron2 reads yacs, then LazyConfig names
 
 
 def default_setup(cfg: Any, args: Any) -> None:
@@ -53,10 +55,11 @@ def default_setup(cfg: Any, args: Any) -> None:
         cfg: a ``CfgNode`` (or any mapping/attribute tree with detectron2's or LazyConfig's key names).
         args: the parsed arguments (a namespace or a mapping; missing entries count as unset).
     """
-    output_dir = cfg_get(cfg, "OUTPUT_DIR", "output_dir", "train.output_dir", default=None)
+    output_key = next((k for k in _OUTPUT_DIR_KEYS if cfg_get(cfg, k, default=None) is not None), _OUTPUT_DIR_KEYS[0])
+    output_dir = cfg_get(cfg, output_key, default=None)
     rank = comm.get_rank()
     if comm.is_main_process() and output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+        make_output_dir(output_dir, output_key)  # an error names the key when the directory cannot be used
     for name in DETECTRON2_LOGGERS:
         setup_logger(output_dir, distributed_rank=rank, name=name)
     logger = setup_logger(output_dir, distributed_rank=rank)

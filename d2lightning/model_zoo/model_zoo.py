@@ -1,13 +1,16 @@
 """The configs that ship inside the package (detectron2 ``model_zoo.get_config_file``).
 
-detectron2 keeps its model-zoo configs in ``detectron2/model_zoo/configs`` and hands out their paths with
-``get_config_file("COCO-Detection/...yaml")``; d2lightning does the same for its built-in configs (the demo
-``shapes_detector.yaml``, its base ``Base-D2Lightning.yaml``, and the demo as a LazyConfig,
-``shapes_detector.py``). Every ``.yaml`` and ``.py`` file placed in ``d2lightning/model_zoo/configs/`` is a
-built-in config: it ships in the wheel and is found here, with no list
-to update. A config is named by its path relative to that folder, with or without its extension
-(``"shapes_detector"`` or ``"shapes_detector.yaml"``); where a YAML and a Python config share a name, the bare
-name means the YAML one.
+detectron2 keeps its configs in the top-level ``configs/`` folder of its repository, ships them inside the package
+as ``detectron2/model_zoo/configs`` and hands out their paths with ``get_config_file("COCO-Detection/...yaml")``;
+d2lightning does the same for its built-in configs (the demo ``shapes_detector.yaml``, its base
+``Base-D2Lightning.yaml``, and the demo as a LazyConfig, ``shapes_detector.py``). Every ``.yaml`` and ``.py`` file
+placed in the repository's ``configs/`` folder is a built-in config: the wheel ships it as
+``d2lightning/model_zoo/configs/`` (see ``setup.py``) and it is found here, with no list to update. A config is named
+by its path relative to that folder, with or without its extension (``"shapes_detector"`` or
+``"shapes_detector.yaml"``); where a YAML and a Python config share a name, the bare name means the YAML one.
+
+Where the folder is: inside the installed package (a wheel), else the ``configs/`` folder of the source checkout
+this ``d2lightning`` was imported from (an editable install, or the repository on ``sys.path``).
 
 Unlike detectron2 (a ``RuntimeError``), an unknown name raises :class:`~d2lightning.config.ConfigFileError`
 naming the built-in configs and the closest one. Nothing here imports torch.
@@ -21,8 +24,11 @@ from pathlib import Path, PurePosixPath
 
 __all__ = ["builtin_config_names", "get_config_file", "resolve_config_file"]
 
-CONFIG_DIR = Path(__file__).resolve().with_name("configs")
-"""The folder holding the built-in configs."""
+_INSTALLED_CONFIG_DIR = Path(__file__).resolve().with_name("configs")  # in a wheel (setup.py maps configs/ there)
+_SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the checkout's top-level configs/
+
+CONFIG_DIR = _INSTALLED_CONFIG_DIR if _INSTALLED_CONFIG_DIR.is_dir() else _SOURCE_CONFIG_DIR
+"""The folder holding the built-in configs: the installed package's, else the source checkout's ``configs/``."""
 CONFIG_SUFFIXES = (".yaml", ".py")
 """The kinds of config file found there, in order of preference for a bare name."""
 

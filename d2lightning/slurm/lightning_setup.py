@@ -4,7 +4,8 @@ No detectron2 counterpart. The callers that compose a run — ``DefaultTrainer``
 the LazyConfig recipe — register :func:`termination_hook` after their other hooks: inside a Slurm job a
 :class:`~d2lightning.slurm.preemption.SlurmPreemption` (unless ``D2L_SLURM_PREEMPTION`` is
 ``0``/``false``/``no``/``off``), outside one a :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint`
-(SIGTERM: checkpoint, exit 143). Lightning's own Slurm auto-requeue, whose SIGUSR1 handler would save inside the
+(SIGTERM: checkpoint, exit 143; with ``D2L_SIGINT=checkpoint``, which the ``d2lightning`` command sets, also a
+first Ctrl-C: checkpoint, exit 130). Lightning's own Slurm auto-requeue, whose SIGUSR1 handler would save inside the
 handler and race the hook, is switched off by the Trainer ``TrainerBase.train`` builds.
 """
 
@@ -30,7 +31,8 @@ def termination_hook(environ: Mapping[str, str] | None = None) -> Any:
 
     A :class:`~d2lightning.slurm.preemption.SlurmPreemption` in a Slurm job when :func:`preemption_enabled`;
     None in a Slurm job that switched it off (signals are left to Slurm and Lightning); a
-    :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint` outside Slurm.
+    :class:`~d2lightning.engine.recipes.termination.SigtermCheckpoint` outside Slurm, which also handles a first Ctrl-C
+    when ``D2L_SIGINT`` is ``checkpoint`` (:func:`~d2lightning.engine.recipes.termination.sigint_checkpoints`).
     """
     environ = os.environ if environ is None else environ
     if preemption_enabled(environ):
@@ -39,6 +41,6 @@ def termination_hook(environ: Mapping[str, str] | None = None) -> Any:
         return SlurmPreemption()
     if environ.get("SLURM_JOB_ID"):
         return None
-    from d2lightning.engine.recipes.termination import SigtermCheckpoint
+    from d2lightning.engine.recipes.termination import SigtermCheckpoint, sigint_checkpoints
 
-    return SigtermCheckpoint()
+    return SigtermCheckpoint(sigint=sigint_checkpoints(environ))

@@ -176,11 +176,33 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRSchedule
 
     warmup_iters = _checks.real("SOLVER.WARMUP_ITERS", solver.WARMUP_ITERS, non_negative=True)
     method = _checks.choice("SOLVER.WARMUP_METHOD", solver.WARMUP_METHOD, ("linear", "constant"))
+    warmup_factor = _checks.real("SOLVER.WARMUP_FACTOR", solver.WARMUP_FACTOR, non_negative=True)
+    if warmup_iters > 0 and warmup_factor < 1:
+        _warn_if_base_lr_is_never_reached(solver, sched, max_iter, warmup_iters)
     sched = WarmupParamScheduler(
-        sched,
-        _checks.real("SOLVER.WARMUP_FACTOR", solver.WARMUP_FACTOR, non_negative=True),
-        min(warmup_iters / max_iter, 1.0),
-        method,
-        bool(solver.RESCALE_INTERVAL),
+        sched, warmup_factor, min(warmup_iters / max_iter, 1.0), method, bool(solver.RESCALE_INTERVAL)
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=max_iter)
+
+
+def _warn_if_base_lr_is_never_reached(solver: Any, decay: ParamScheduler, max_iter: int, warmup_iters: float) -> None:
+    """One warning, naming both keys, when the warmup lasts the whole run or a decay comes before it ends.
+
+    Not for ``WarmupCosineLR``, whose cosine already decays during the warmup (its LR never quite reaches
+    ``BASE_LR``, by design: detectron2's schedule).
+    """
+    if max_iter <= warmup_iters:
+        logger.warning(
+            f"SOLVER.MAX_ITER ({max_iter}) <= SOLVER.WARMUP_ITERS ({warmup_iters:g}): the learning rate warms up "
+            f"during the whole run and never reaches SOLVER.BASE_LR ({solver.BASE_LR}); lower SOLVER.WARMUP_ITERS "
+            f"(e.g. to {max(1, max_iter // 10)}) or raise SOLVER.MAX_ITER"
+        )
+        return
+    if solver.LR_SCHEDULER_NAME == "WarmupCosineLR" or decay(warmup_iters / max_iter) >= 1.0:
+        return
+    key = "SOLVER.STEPS" if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" else "SOLVER.NUM_DECAYS"
+    value = list(solver.STEPS) if key == "SOLVER.STEPS" else solver.NUM_DECAYS
+    logger.warning(
+        f"{key} ({value}) decays the learning rate before SOLVER.WARMUP_ITERS ({warmup_iters:g}) ends: it never "
+        f"reaches SOLVER.BASE_LR ({solver.BASE_LR}); lower SOLVER.WARMUP_ITERS or move the decays later"
+    )

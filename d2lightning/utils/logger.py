@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 __all__ = ["create_small_table", "log_every_n", "log_every_n_seconds", "log_first_n", "setup_logger"]
@@ -110,6 +110,73 @@ def setup_logger(
 class LogFileHandler(logging.StreamHandler):
     """The handler of a ``log.txt`` file: a stream handler on the file's shared stream (told apart from console
     handlers by its class)."""
+
+
+def console_until_configured(name: str = "d2lightning") -> Callable[[], None]:
+    """Give logger ``name`` a console on stderr at INFO while nothing else handles its records; return the undo.
+
+    No detectron2 counterpart. For a run in a process whose logging nobody configured (a Lightning user's script):
+    Python would print that logger's WARNING and above bare (``logging.lastResort``) and drop the INFO lines
+    detectron2's hooks and writers log (``IterationTimer``'s summary, ``CommonMetricPrinter``'s lines). Only when
+    no handler exists on the way from ``name`` to the root logger and ``name`` has no level of its own, it gets
+    level INFO and a console handler in ``setup_logger``'s layout; that handler stays silent for any record
+    another handler receives (logging configured meanwhile: no line twice). The returned function removes both.
+
+    Args:
+        name: the logger.
+
+    Returns:
+        The undo (a no-op when logging was configured).
+    """
+    lg = logging.getLogger(name)
+    if lg.hasHandlers() or lg.level != logging.NOTSET:
+        return _nothing
+    handler = _ConsoleUntilConfigured(name)
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+
+    def undo() -> None:
+        lg.removeHandler(handler)
+        if lg.level == logging.INFO:  # not changed by anyone meanwhile
+            lg.setLevel(logging.NOTSET)
+
+    return undo
+
+
+def _nothing() -> None:
+    return None
+
+
+class _ConsoleUntilConfigured(logging.Handler):
+    """INFO and above to (the current) ``sys.stderr``, for records no other handler receives."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(_ConsoleFormatter(name, name, color=sys.stderr.isatty()))
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if _handled_elsewhere(record.name, self):
+            return False
+        return bool(super().handle(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _handled_elsewhere(logger_name: str, own: logging.Handler) -> bool:
+    """Whether a handler other than ``own`` is on the way of ``logger_name``'s records to the root."""
+    lg: logging.Logger | None = logging.getLogger(logger_name)
+    while lg is not None:
+        if any(h is not own for h in lg.handlers):
+            return True
+        if not lg.propagate:
+            return False
+        lg = lg.parent
+    return False
 
 
 _STREAMS: dict[str, IO[str]] = {}

@@ -1,6 +1,6 @@
 """With a real detectron2: its LazyConfig objects and files work with d2lightning's and the other way round, and every
-public name of ``detectron2.engine.*`` and ``detectron2.utils.{events,comm,logger,env}`` exists in d2lightning with
-detectron2's signature."""
+public name of ``detectron2.engine.*``, ``detectron2.utils.{events,comm,logger,env}`` and ``detectron2.config`` exists
+in d2lightning with detectron2's signature."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MODULES = {
     f"detectron2.{name}": f"d2lightning.{name}"
     for name in [
         "engine", "engine.defaults", "engine.launch", "engine.train_loop", "engine.hooks",
-        "utils.events", "utils.comm", "utils.logger", "utils.env",
+        "utils.events", "utils.comm", "utils.logger", "utils.env", "config",
     ]
 }  # fmt: skip
 #: Deliberate differences, each documented where the name is defined.

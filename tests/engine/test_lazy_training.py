@@ -177,3 +177,20 @@ def test_num_gpus_2_trains_the_lazyconfig_on_two_processes(tmp_path: Path) -> No
     assert log0.count("Saving checkpoint to") == 3 and "Saving checkpoint" not in log1  # 1, 3 and final, on rank 0
     assert log0.count("Start inference on") == log1.count("Start inference on") == 2  # on every rank
     assert [d["iteration"] for d in _eval_lines(out)] == [1, 4]  # EvalHook: after iteration 1 (the 2nd), and at the end
+
+
+def test_a_warmup_over_the_whole_run_warns_once_naming_both_keys(d2_log: Any) -> None:
+    from d2lightning.config import LazyConfig
+    from d2lightning.engine.recipes.lazy_training import _lr_multiplier
+    from d2lightning.model_zoo import get_config_file
+    from d2lightning.solver import WarmupParamScheduler
+
+    cfg = LazyConfig.load(get_config_file(LAZY_DEMO))
+    assert isinstance(_lr_multiplier(cfg), WarmupParamScheduler)  # the demo's 100 of 600 iterations: no warning
+    LazyConfig.apply_overrides(cfg, ["train.max_iter=50", "lr_multiplier.warmup_length=1.0"])
+    _lr_multiplier(cfg)
+    assert [m for m in d2_log.messages if "warmup" in m] == [
+        "lr_multiplier.warmup_length (1) covers all of train.max_iter (50): the learning rate warms up during the "
+        "whole run and never reaches the optimizer's lr; lower lr_multiplier.warmup_length (a fraction of "
+        "train.max_iter, e.g. 0.1)"
+    ]

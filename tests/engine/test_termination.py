@@ -1,13 +1,17 @@
-"""SIGTERM outside Slurm: stop at an iteration boundary, write a checkpoint, exit 143 with a one-line resume hint.
+"""SIGTERM outside Slurm: stop at an iteration boundary, write a checkpoint, exit 143 with a one-line resume hint;
+and, where the ``d2lightning`` command turns it on, the same for a first Ctrl-C (exit 130), a second one aborting.
 
 In this process (``SigtermCheckpoint`` on a ``SimpleTrainer``, the signal raised from a hook), and through the
-``d2lightning`` command in subprocesses: one process (the signal raised inside the run) and two launched
-processes (SIGTERM sent by the test to the parent, which passes it on to its workers).
+``d2lightning`` command in subprocesses: one process (the signal raised inside the run, or sent by the test while a
+hook holds the run at an iteration) and two launched processes (SIGTERM sent by the test to the parent, which
+passes it on to its workers; SIGINT sent to the whole process group, as a terminal's Ctrl-C is).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +37,9 @@ from tests.jobs.cli_job import RaiseSignalAt
 from tests.jobs.preemption_job import Regressor, Stream
 
 
-def _run(out: Path, max_iter: int, raise_at: int | None) -> SimpleTrainer:
+def _run(
+    out: Path, max_iter: int, raise_at: int | None, signals: tuple[str, ...] = ("SIGTERM",), sigint: bool = False
+) -> SimpleTrainer:
     torch.manual_seed(0)
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -42,8 +48,8 @@ def _run(out: Path, max_iter: int, raise_at: int | None) -> SimpleTrainer:
     trainer.register_hooks(
         [
             hooks.PeriodicCheckpointer(checkpointer, 8),
-            RaiseSignalAt(raise_at) if raise_at is not None else None,
-            SigtermCheckpoint(),
+            *(RaiseSignalAt(raise_at, name) for name in signals if raise_at is not None),
+            SigtermCheckpoint(sigint=sigint),
         ]
     )
     checkpointer.resume_or_load("", resume=True)
@@ -99,6 +105,44 @@ def test_without_a_checkpointer_it_still_stops_with_143(tmp_path: Path) -> None:
     assert "after iteration 2; nothing saved (no checkpointer)" in stop.value.message
 
 
+def test_with_sigint_a_first_ctrl_c_checkpoints_and_exits_130(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingPreempted) as stop:
+        _run(tmp_path / "run", 20, raise_at=5, signals=("SIGINT",), sigint=True)
+    assert stop.value.code == 130
+    assert stop.value.message == (
+        f"Training stopped by Ctrl-C (SIGINT) after iteration 5; checkpoint {tmp_path / 'run' / 'model_0000005.pth'} "
+        "saved. To continue, run the same command with --resume."
+    )
+    assert signal.getsignal(signal.SIGINT) == before
+    assert _checkpoint_files(tmp_path / "run") == ["last_checkpoint", "model_0000005.pth", PREEMPTED_CHECKPOINT_FILE]
+    resumed = _run(tmp_path / "run", 20, raise_at=None, sigint=True)
+    assert (resumed.start_iter, resumed.iter) == (6, 20)
+    reference = _run(tmp_path / "reference", 20, raise_at=None)
+    assert_same_tensors(resumed.model.state_dict(), reference.model.state_dict())
+
+
+def test_with_sigint_a_second_ctrl_c_aborts_at_once(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run", 20, raise_at=9, signals=("SIGINT", "SIGINT"), sigint=True)
+    # the second one came before the iteration boundary: no stop checkpoint, only the periodic one before
+    assert _checkpoint_files(tmp_path / "run") == ["last_checkpoint", "model_0000007.pth"]
+
+
+def test_by_default_ctrl_c_raises_keyboard_interrupt_as_in_detectron2(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run", 20, raise_at=9, signals=("SIGINT",))
+    assert _checkpoint_files(tmp_path / "run") == ["last_checkpoint", "model_0000007.pth"]
+
+
+def test_sigterm_and_ctrl_c_together_stop_once_as_ctrl_c(tmp_path: Path) -> None:
+    """What the workers of ``--num-gpus N`` see on a terminal's Ctrl-C: the SIGINT, and the launcher's SIGTERM."""
+    with pytest.raises(TrainingPreempted) as stop:
+        _run(tmp_path / "run", 20, raise_at=5, signals=("SIGINT", "SIGTERM"), sigint=True)
+    assert stop.value.code == 130
+    assert stop.value.message.startswith("Training stopped by Ctrl-C (SIGINT) after iteration 5; checkpoint ")
+
+
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
@@ -110,6 +154,12 @@ def test_without_a_checkpointer_it_still_stops_with_143(tmp_path: Path) -> None:
 )
 def test_the_signal_hook_depends_on_where_the_run_is(environ: dict[str, str], expected: type) -> None:
     assert type(termination_hook(environ)) is expected
+
+
+def test_the_command_lines_variable_adds_ctrl_c_to_the_plain_hook() -> None:
+    assert termination_hook({}).signals == (signal.SIGTERM,)
+    assert termination_hook({"D2L_SIGINT": "checkpoint"}).signals == (signal.SIGTERM, signal.SIGINT)
+    assert type(termination_hook({"D2L_SIGINT": "checkpoint", "SLURM_JOB_ID": "7"})) is SlurmPreemption
 
 
 def test_default_trainer_registers_the_hook_and_runs_without_lightnings_auto_requeue(
@@ -165,6 +215,82 @@ def test_cli_sigterm_exits_143_with_one_line_and_resumes_exactly(tmp_path: Path)
         for d in (run, reference)
     )
     assert all(torch.equal(ours[k]["momentum_buffer"], theirs[k]["momentum_buffer"]) for k in theirs)
+
+
+def _pause_at(at: int, run: Path) -> list[str]:
+    return [
+        "LIGHTNING.CALLBACKS",
+        f"[{{class_path: tests.jobs.cli_job.PauseAt, init_args: {{at: {at}, directory: {run}}}}}]",
+    ]
+
+
+def test_cli_first_ctrl_c_checkpoints_exits_130_and_resume_continues_from_it(tmp_path: Path) -> None:
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    args = tiny_args(tmp_path, run, "SOLVER.MAX_ITER", "8", *_pause_at(3, run))
+    proc = start_cli(args)
+    wait_for_file(run / "paused", proc)  # the run is inside iteration 3's after_step
+    proc.send_signal(signal.SIGINT)
+    (run / "go").touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == (
+        f"d2lightning train: Training stopped by Ctrl-C (SIGINT) after iteration 3; checkpoint "
+        f"{run / 'model_0000003.pth'} saved. To continue, run the same command with --resume."
+    )
+    assert "Traceback" not in out + err
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["model_0000002.pth", "model_0000003.pth"]
+    assert torch.load(run / "model_0000003.pth", weights_only=False)["iteration"] == 3
+    assert not (run / LOCK_FILE).exists()
+
+    resumed = run_cli([args[0], "--resume", *args[1:]])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Starting training from iteration 4" in resumed.stdout
+    uninterrupted = run_cli(tiny_args(tmp_path, reference, "SOLVER.MAX_ITER", "8"))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert_same_tensors(weights(run / "model_final.pth"), weights(reference / "model_final.pth"))
+    assert not (run / "model_0000003.pth").exists()  # superseded: the files of an uninterrupted run
+
+
+def test_cli_second_ctrl_c_aborts_at_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = start_cli(tiny_args(tmp_path, run, "SOLVER.MAX_ITER", "8", *_pause_at(3, run)))
+    wait_for_file(run / "paused", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # two signals sent at once may reach the process as one
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)  # the hook would hold the run for two minutes without "go"
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == (
+        "d2lightning train: aborted by Ctrl-C, without a checkpoint of the iterations since the last one (a first "
+        "Ctrl-C during training stops with a checkpoint); to continue from the last checkpoint, run the same "
+        "command with --resume"
+    )
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["model_0000002.pth"]
+    assert not (run / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_in_a_terminal_stops_both_workers_with_a_checkpoint(tmp_path: Path) -> None:
+    """Two processes: Ctrl-C reaches the launcher and its workers (the process group); one stop, at iteration 19."""
+    run = tmp_path / "run"
+    args = demo_args(run, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", *_pause_at(5, run))
+    args = [args[0], "--num-gpus", "2", "--dist-url", "auto", *args[1:]]
+    proc = start_cli(args, new_session=True)
+    wait_for_file(run / "paused", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    (run / "go").touch()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == (
+        f"d2lightning train: Training stopped by Ctrl-C (SIGINT) after iteration 19; checkpoint "
+        f"{run / 'model_0000019.pth'} saved. To continue, run the same command with --resume."
+    )
+    assert "Traceback" not in out + err
+    assert (run / "last_checkpoint").read_text() == "model_0000019.pth"
+    resumed = run_cli([args[0], "--resume", *args[1:]])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Starting training from iteration 20" in resumed.stdout
 
 
 @pytest.mark.slow

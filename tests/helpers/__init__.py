@@ -22,4 +22,4 @@ from d2lightning.model_zoo import get_config_file
 REPO = Path(__file__).resolve().parents[2]
 """The repository root (the source checkout the tests run from)."""
 DEMO_CONFIG = Path(get_config_file("shapes_detector"))
-"""The built-in demo config (``d2lightning/model_zoo/configs/shapes_detector.yaml``)."""
+"""The built-in demo config (``configs/shapes_detector.yaml`` of the checkout)."""

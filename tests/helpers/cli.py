@@ -48,13 +48,16 @@ def run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_cli(args: list[str], **env: str) -> subprocess.Popen[str]:
+def start_cli(args: list[str], new_session: bool = False, **env: str) -> subprocess.Popen[str]:
+    """Start the command; with ``new_session``, in a process group of its own (``os.killpg(proc.pid, SIGINT)`` then
+    reaches it and its workers, as a terminal's Ctrl-C does)."""
     return subprocess.Popen(
         [sys.executable, str(JOB), *args],
         env=cli_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 

@@ -9,14 +9,13 @@ import pytest
 
 from d2lightning.config import ConfigFileError, get_cfg
 from d2lightning.model_zoo import builtin_config_names, get_config_file, model_zoo, resolve_config_file
+from tests.helpers import REPO
 
-PACKAGE = Path(model_zoo.__file__).resolve().parents[1]
 
-
-def test_the_demo_and_its_base_ship_inside_the_package() -> None:
+def test_the_demo_and_its_base_are_the_checkouts_top_level_configs() -> None:
     assert {"Base-D2Lightning.yaml", "shapes_detector.yaml"} <= set(builtin_config_names())
     path = Path(get_config_file("shapes_detector"))
-    assert path == PACKAGE / "model_zoo" / "configs" / "shapes_detector.yaml"
+    assert path == REPO / "configs" / "shapes_detector.yaml"  # the tests run from the checkout, not a wheel
     cfg = get_cfg()
     cfg.merge_from_file(path)  # its _BASE_ is found beside it
     assert (cfg.MODEL.META_ARCHITECTURE, cfg.SOLVER.MAX_ITER, cfg.DATASETS.TRAIN) == (
@@ -74,7 +73,11 @@ def test_an_unknown_name_lists_the_builtin_configs_and_the_closest(config_dir: P
         ("base-d2lightning", "Base-D2Lightning.yaml"),
     ],
 )
-def test_resolve_suggests_from_the_last_path_component(config_dir: Path, value: str, closest: str) -> None:
+def test_resolve_suggests_from_the_last_path_component(
+    config_dir: Path, value: str, closest: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # not the checkout, whose configs/shapes_detector.yaml exists
     (config_dir / "shapes_detector.yaml").write_text("")
     (config_dir / "Base-D2Lightning.yaml").write_text("")
     with pytest.raises(ConfigFileError) as info:

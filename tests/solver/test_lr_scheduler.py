@@ -326,3 +326,35 @@ def test_fvcore_param_schedulers_are_accepted():
     assert optimizer.param_groups[0]["lr"] == 0.5  # 4 * 0.25 * half(0)
     LRMultiplier(optimizer, half, max_iter=10)
     assert optimizer.param_groups[0]["lr"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("solver", "warning"),
+    [
+        (
+            {"MAX_ITER": 100, "WARMUP_ITERS": 100, "STEPS": []},
+            "SOLVER.MAX_ITER (100) <= SOLVER.WARMUP_ITERS (100): the learning rate warms up during the whole run and "
+            "never reaches SOLVER.BASE_LR (0.001); lower SOLVER.WARMUP_ITERS (e.g. to 10) or raise SOLVER.MAX_ITER",
+        ),
+        (
+            {"MAX_ITER": 600, "WARMUP_ITERS": 100, "STEPS": [50, 400]},
+            "SOLVER.STEPS ([50, 400]) decays the learning rate before SOLVER.WARMUP_ITERS (100) ends: it never reaches "
+            "SOLVER.BASE_LR (0.001); lower SOLVER.WARMUP_ITERS or move the decays later",
+        ),
+        (
+            {"MAX_ITER": 600, "WARMUP_ITERS": 100, "LR_SCHEDULER_NAME": "WarmupStepWithFixedGammaLR", "NUM_DECAYS": 9},
+            "SOLVER.NUM_DECAYS (9) decays the learning rate before SOLVER.WARMUP_ITERS (100) ends: it never reaches "
+            "SOLVER.BASE_LR (0.001); lower SOLVER.WARMUP_ITERS or move the decays later",
+        ),
+        ({"MAX_ITER": 600, "WARMUP_ITERS": 100, "STEPS": [400]}, None),
+        ({"MAX_ITER": 100, "WARMUP_ITERS": 100, "STEPS": [], "WARMUP_FACTOR": 1.0}, None),  # no warmup at all
+        ({"MAX_ITER": 100, "WARMUP_ITERS": 0, "STEPS": []}, None),
+        ({"MAX_ITER": 600, "WARMUP_ITERS": 100, "LR_SCHEDULER_NAME": "WarmupCosineLR"}, None),  # decays by design
+    ],
+)
+def test_a_schedule_that_never_reaches_base_lr_warns_once_naming_both_keys(solver, warning, caplog):
+    with caplog.at_level(logging.WARNING, logger="d2lightning.solver.build"):
+        build_lr_scheduler(solver_cfg(**solver), make_optimizer(0.001))
+    assert [r.getMessage() for r in caplog.records if r.name == "d2lightning.solver.build"] == (
+        [warning] if warning else []
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +15,7 @@ import pytest
 from d2lightning.engine import default_argument_parser, default_setup
 from d2lightning.utils import env, logger
 from d2lightning.utils.logger import create_small_table, log_every_n, log_every_n_seconds, log_first_n, setup_logger
+from tests.helpers import REPO
 from tests.helpers.logs import log_records, restored_loggers
 
 
@@ -152,3 +156,74 @@ def test_torch_version_and_doc_building() -> None:
     namespace = {"thing": test_torch_version_and_doc_building}
     env.fixup_module_metadata("tests", namespace)  # a no-op unless documentation is being built
     assert test_torch_version_and_doc_building.__module__ == __name__ == sys.modules[__name__].__name__
+
+
+# ---- a Lightning user who configured no logging -------------------------------------------------------------------
+
+_WARMUP_WARNING = (
+    "SOLVER.MAX_ITER (4) <= SOLVER.WARMUP_ITERS (10): the learning rate warms up during the whole run and never "
+    "reaches SOLVER.BASE_LR (0.001); lower SOLVER.WARMUP_ITERS (e.g. to 1) or raise SOLVER.MAX_ITER"
+)
+
+
+def _plain_lightning_script(*args: str) -> list[str]:
+    """The stderr lines of ``tests/jobs/plain_lightning_job.py`` (no logging configured unless asked), and its
+    last stdout line (the ``d2lightning`` logger after the fit)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    job = REPO / "tests" / "jobs" / "plain_lightning_job.py"
+    proc = subprocess.run([sys.executable, str(job), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "handlers=0 level=0"  # the console is gone after the fit
+    return proc.stderr.splitlines()
+
+
+def test_without_logging_configured_warnings_and_the_timer_summary_reach_stderr_once() -> None:
+    lines = _plain_lightning_script()
+    assert lines.count(_WARMUP_WARNING) == 1  # before the fit: Python's last resort, the bare message
+    timer = [line for line in lines if "d2lightning.engine.hooks.iteration_timer]: " in line]
+    assert len(timer) == 2, lines  # during the fit: d2lightning's console, INFO included
+    assert re.fullmatch(r"\[\d\d/\d\d \d\d:\d\d:\d\d d2lightning\.engine\.hooks\.iteration_timer\]: "
+                        r"Overall training speed: 2 iterations in .*", timer[0])  # fmt: skip
+    assert "Total training time: " in timer[1]
+
+
+def test_logging_configured_by_the_script_gets_every_line_once_and_no_console() -> None:
+    lines = _plain_lightning_script("basicConfig")
+    assert lines.count(f"configured WARNING d2lightning.solver.build: {_WARMUP_WARNING}") == 1
+    assert [line for line in lines if "iteration_timer" in line] == [
+        line for line in lines if line.startswith("configured INFO d2lightning.engine.hooks.iteration_timer: ")
+    ]
+    assert sum("Overall training speed" in line for line in lines) == 1
+    assert not any(line.startswith("[") and "d2lightning." in line for line in lines)  # not d2lightning's console
+
+
+def test_the_console_prints_only_what_no_other_handler_receives(capsys: pytest.CaptureFixture[str]) -> None:
+    d2 = logging.getLogger("d2lightning")
+    d2.propagate = False  # nothing configured on the way to the root (pytest's own handlers sit on the root)
+    undo = logger.console_until_configured()
+    assert d2.level == logging.INFO and len(d2.handlers) == 1
+    logging.getLogger("d2lightning.x").info("alone")
+    child = logging.getLogger("d2lightning.x")
+    received: list[str] = []
+    child.addHandler(handler := _Collect(received))
+    try:
+        child.info("configured meanwhile")
+    finally:
+        child.removeHandler(handler)
+    undo()
+    assert (d2.level, d2.handlers) == (logging.NOTSET, [])
+    err = capsys.readouterr().err
+    assert re.search(r"^\[\d\d/\d\d \d\d:\d\d:\d\d d2lightning\.x\]: alone$", err, re.MULTILINE), err
+    assert "configured meanwhile" not in err and received == ["configured meanwhile"]
+    d2.addHandler(logging.NullHandler())  # configured: nothing added
+    assert logger.console_until_configured()() is None and len(d2.handlers) == 1 and d2.level == logging.NOTSET
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())

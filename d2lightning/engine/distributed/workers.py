@@ -9,7 +9,10 @@ plus a wait for the master process that says whom it waits for and gives up afte
   the parent earlier), raised with that worker's own exception as ``__cause__`` when it can be pickled, so the
   caller can tell a user error from a bug;
 * SIGTERM sent to the parent is passed on to the workers, and workers that stopped on it (exit status 143, see
-  :mod:`d2lightning.engine.recipes.termination`) make the parent raise ``TrainingPreempted(143)`` too.
+  :mod:`d2lightning.engine.recipes.termination`) make the parent raise ``TrainingPreempted(143)`` too;
+* with ``D2L_SIGINT=checkpoint`` (the ``d2lightning`` command), a first SIGINT of the parent is passed on as SIGTERM
+  (a terminal's Ctrl-C reaches the workers too: each then holds both, and stops once) and the parent raises
+  ``TrainingPreempted(130)`` when they have stopped; a second SIGINT raises ``KeyboardInterrupt`` and ends them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from d2lightning.utils import comm
 logger = logging.getLogger("d2lightning.engine.launch")
 
 _TERMINATED = 128 + signal.SIGTERM  # the exit status of a worker that stopped on SIGTERM
+_INTERRUPTED = 128 + signal.SIGINT  # ... on a first Ctrl-C
 _ANNOUNCE_AFTER = 3.0  # seconds without the master before saying whom we wait for
 
 
@@ -193,8 +197,8 @@ def spawn_workers(
                     first["pid"],
                 ) from _unpickled(first.get("exception")) or exc
             except mp.ProcessExitedException as exc:
-                if exc.exit_code == _TERMINATED or (forwarded and exc.exit_code == -signal.SIGTERM):
-                    _raise_stopped(error_dir)
+                if exc.exit_code in (_TERMINATED, _INTERRUPTED) or (forwarded and exc.exit_code == -signal.SIGTERM):
+                    _raise_stopped(error_dir, signal.SIGINT in forwarded or exc.exit_code == _INTERRUPTED)
                 raise
             except BaseException:
                 _stop(ctx.processes)
@@ -205,27 +209,34 @@ def spawn_workers(
 
 @contextlib.contextmanager
 def _sigterm_forwarded_to(processes: Sequence[Any]) -> Iterator[list[int]]:
-    """While waiting for the workers, pass a SIGTERM this process receives on to them.
+    """While waiting for the workers, pass a SIGTERM this process receives on to them (and, with
+    ``D2L_SIGINT=checkpoint``, a first SIGINT, as SIGTERM; a second one raises ``KeyboardInterrupt``).
 
-    Yields a list that gets an entry for each SIGTERM passed on.
+    Yields a list that gets the signal for each one passed on.
     """
+    from d2lightning.engine.recipes.termination import sigint_checkpoints
+
     forwarded: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield forwarded
         return
 
     def forward(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signum in forwarded:
+            raise KeyboardInterrupt
         forwarded.append(signum)
         for p in processes:
             if p.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    signals = (signal.SIGTERM, signal.SIGINT) if sigint_checkpoints() else (signal.SIGTERM,)
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
     try:
         yield forwarded
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -249,17 +260,18 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-def _raise_stopped(error_dir: str) -> None:
-    """The workers stopped on SIGTERM: raise ``TrainingPreempted(143)`` with their message."""
+def _raise_stopped(error_dir: str, interrupted: bool) -> None:
+    """The workers stopped on SIGTERM (or a Ctrl-C): raise ``TrainingPreempted(143)`` (130) with their message."""
     from d2lightning.engine.recipes.termination import TrainingPreempted
 
-    message = "Training stopped by SIGTERM before its first iteration boundary: nothing was saved"
+    by = "Ctrl-C (SIGINT)" if interrupted else "SIGTERM"
+    message = f"Training stopped by {by} before its first iteration boundary: nothing was saved"
     for name in sorted(os.listdir(error_dir)):
         if name.startswith("stop") and name.endswith(".pkl"):
             with open(os.path.join(error_dir, name), "rb") as f:
                 message = pickle.load(f)["message"]
             break
-    raise TrainingPreempted(_TERMINATED, message) from None
+    raise TrainingPreempted(_INTERRUPTED if interrupted else _TERMINATED, message) from None
 
 
 def _write_record(error_dir: str, name: object, record: dict[str, Any]) -> None:

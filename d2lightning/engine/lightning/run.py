@@ -55,6 +55,7 @@ from d2lightning.engine.lightning.fit_scope import FitScope
 from d2lightning.engine.lightning.training_state import attach_training_state
 from d2lightning.utils import comm
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
+from d2lightning.utils.logger import console_until_configured
 
 __all__ = ["RunBinding", "TrainingRun"]
 
@@ -319,6 +320,9 @@ class TrainingRun(Callback):
         d2_trainer.storage = self.storage
         self.phase = _TRAINING
         self.scope.on_close(attach_training_state(self.pl_trainer, [d2_trainer, *self.hooks]))
+        if self.pl_trainer.is_global_zero:
+            # logging not configured (a Lightning user's script): d2lightning's INFO lines are seen during the run
+            self.scope.on_close(console_until_configured())
 
     def _finish(self) -> None:
         """detectron2's ``after_train`` (the trainer's: every hook, in order)."""

@@ -107,7 +107,7 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate_at(cfg, "lr_multiplier")),
+            hooks.LRScheduler(scheduler=_lr_multiplier(cfg)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
@@ -152,6 +152,24 @@ def main(args: Any) -> dict[str, Any] | None:
 def run(args: Any, cfg: Any) -> dict[str, Any] | None:
     """Evaluate (``args.eval_only``) or train the set-up config ``cfg``."""
     return evaluate_checkpoint(args, cfg) if args.eval_only else do_train(args, cfg)
+
+
+def _lr_multiplier(cfg: Any) -> Any:
+    """``cfg.lr_multiplier`` instantiated; one warning naming both keys when its warmup lasts the whole run (the
+    learning rate then never reaches the optimizer's; the YAML path warns likewise for ``SOLVER.WARMUP_ITERS``)."""
+    from omegaconf import OmegaConf
+
+    from d2lightning.config.instantiate import instantiate_at
+
+    length = OmegaConf.select(cfg, "lr_multiplier.warmup_length", default=None)
+    factor = OmegaConf.select(cfg, "lr_multiplier.warmup_factor", default=None)
+    if isinstance(length, (int, float)) and length >= 1 and isinstance(factor, (int, float)) and factor < 1:
+        logger.warning(
+            f"lr_multiplier.warmup_length ({length:g}) covers all of train.max_iter ({cfg.train.max_iter}): the "
+            "learning rate warms up during the whole run and never reaches the optimizer's lr; lower "
+            "lr_multiplier.warmup_length (a fraction of train.max_iter, e.g. 0.1)"
+        )
+    return instantiate_at(cfg, "lr_multiplier")
 
 
 def _check_layout(cfg: Any, config_file: str) -> None:

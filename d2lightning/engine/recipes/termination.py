@@ -7,7 +7,8 @@ rank is between two iterations, and every rank follows rank 0's decision (one sm
 ``check_period`` iterations, only with several processes).
 
 :class:`StopOnSignal` is that mechanism, shared by two policies: :class:`SigtermCheckpoint` (here: on SIGTERM,
-checkpoint and exit with status 143) and :class:`~d2lightning.slurm.preemption.SlurmPreemption` (inside a Slurm
+checkpoint and exit with status 143; optionally the same on a first Ctrl-C, status 130, which the ``d2lightning``
+command turns on) and :class:`~d2lightning.slurm.preemption.SlurmPreemption` (inside a Slurm
 job: checkpoint, requeue...). Two hooks rather than one with a mode, because the policies differ in every
 decision — which signals, whether to save, requeue or not, the exit status — while the mechanism is the same.
 
@@ -36,7 +37,16 @@ from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
 from d2lightning.utils import comm
 from d2lightning.utils.validation import check_int
 
-__all__ = ["PREEMPTED_CHECKPOINT_FILE", "TERMINATED", "SigtermCheckpoint", "StopOnSignal", "TrainingPreempted"]
+__all__ = [
+    "INTERRUPTED",
+    "PREEMPTED_CHECKPOINT_FILE",
+    "SIGINT_POLICY_VARIABLE",
+    "TERMINATED",
+    "SigtermCheckpoint",
+    "StopOnSignal",
+    "TrainingPreempted",
+    "sigint_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +54,19 @@ logger = logging.getLogger(__name__)
 PREEMPTED_CHECKPOINT_FILE = "preempted_checkpoint"
 #: The exit status of a run stopped by SIGTERM: the shell's status of a process ended by that signal.
 TERMINATED = 128 + signal.SIGTERM
+#: The exit status of a run stopped by a first Ctrl-C (SIGINT): the shell's status of a process SIGINT ended.
+INTERRUPTED = 128 + signal.SIGINT
+#: The environment variable that makes a first Ctrl-C stop with a checkpoint (``checkpoint``); the ``d2lightning``
+#: command sets it for its runs, and launched workers inherit it. Unset, Ctrl-C raises ``KeyboardInterrupt``.
+SIGINT_POLICY_VARIABLE = "D2L_SIGINT"
 CONTINUE = 0
+
+
+def sigint_checkpoints(environ: Any = None) -> bool:
+    """Whether a first Ctrl-C stops training with a checkpoint here (``D2L_SIGINT=checkpoint``), rather than
+    raising ``KeyboardInterrupt`` as detectron2 does."""
+    environ = os.environ if environ is None else environ
+    return str(environ.get(SIGINT_POLICY_VARIABLE, "")).lower() == "checkpoint"
 
 
 class TrainingPreempted(SystemExit):
@@ -93,6 +115,8 @@ class StopOnSignal(HookBase):
     """
 
     signals: tuple[int, ...] = ()
+    #: Signals whose second arrival does not wait for an iteration boundary: it raises ``KeyboardInterrupt`` at once.
+    abort_on_repeat: tuple[int, ...] = ()
     #: Marks a hook that handles the signals a cluster sends (the Trainer factory warns in a Slurm job without one).
     handles_preemption = True
 
@@ -157,6 +181,8 @@ class StopOnSignal(HookBase):
 
     # ------------------------------------------------------------ private
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum in self._received and signum in self.abort_on_repeat:
+            raise KeyboardInterrupt  # a second Ctrl-C: abort now, wherever training is
         self._received.add(signum)  # nothing else: the work waits for the next iteration boundary
 
     def _stop(self, action: int) -> None:
@@ -218,7 +244,8 @@ class StopOnSignal(HookBase):
 
 
 class SigtermCheckpoint(StopOnSignal):
-    """On SIGTERM: stop at an iteration boundary, save ``model_{iter:07d}.pth`` and exit with status 143.
+    """On SIGTERM: stop at an iteration boundary, save ``model_{iter:07d}.pth`` and exit with status 143 (and, with
+    ``sigint=True``, the same on a first Ctrl-C, with status 130).
 
     The run outside Slurm's counterpart of :class:`~d2lightning.slurm.preemption.SlurmPreemption`, which
     ``DefaultTrainer`` registers by itself outside a Slurm job. It raises :class:`TrainingPreempted` with code
@@ -228,36 +255,50 @@ class SigtermCheckpoint(StopOnSignal):
     signal came; with several, within ``check_period`` iterations (default 20, the period of
     ``DefaultTrainer``'s writers), as deciding costs a broadcast.
 
+    With ``sigint=True`` (what the ``d2lightning`` command runs with: :func:`sigint_checkpoints`), a first Ctrl-C
+    (SIGINT) does the same with status 130 (128 + SIGINT) and a message that says "Ctrl-C"; a second Ctrl-C raises
+    ``KeyboardInterrupt`` at once, wherever training is (a checkpoint being written is left as its temporary file,
+    never under its name). By default Ctrl-C is left alone: ``KeyboardInterrupt``, as in detectron2.
+
     Args:
         checkpointer: see :class:`StopOnSignal`.
         check_period: iterations between two decisions with several processes; None: 1 with one process, 20
             with several. With one process the check is a set lookup.
+        sigint: whether a first Ctrl-C also stops with a checkpoint (keyword-only).
 
     Example::
 
         trainer.register_hooks([..., hooks.PeriodicWriter(writers), SigtermCheckpoint(checkpointer)])
     """
 
-    signals = (signal.SIGTERM,)
+    signals: tuple[int, ...] = (signal.SIGTERM,)
 
-    def __init__(self, checkpointer: Any = None, check_period: int | None = None) -> None:
+    def __init__(self, checkpointer: Any = None, check_period: int | None = None, *, sigint: bool = False) -> None:
         super().__init__(checkpointer, 20 if check_period is None else check_period)
         self._auto_period = check_period is None
+        if sigint:
+            self.signals = (signal.SIGTERM, signal.SIGINT)
+            self.abort_on_repeat = (signal.SIGINT,)
 
     def before_train(self) -> None:
         if self._auto_period:
             self.check_period = 1 if comm.get_world_size() == 1 else 20
         super().before_train()
 
+    def announce(self) -> str:
+        text = super().announce()
+        return text + " (a second Ctrl-C aborts at once)" if signal.SIGINT in self.signals else text
+
     def decide(self) -> int:
-        return 1 if signal.SIGTERM in self.received else CONTINUE
+        return 1 if self.received & set(self.signals) else CONTINUE
 
     def finish(self, action: int, iteration: int, checkpoint: str | None) -> tuple[int, str]:
         saved = f"checkpoint {checkpoint} saved" if checkpoint else "the checkpoint was saved by the main process"
         if self._checkpointer is None:
             saved = "nothing saved (no checkpointer)"
-        return TERMINATED, (
-            f"Training stopped by SIGTERM after iteration {iteration}; {saved}. To continue, run the same command "
+        code, by = (INTERRUPTED, "Ctrl-C (SIGINT)") if signal.SIGINT in self.received else (TERMINATED, "SIGTERM")
+        return code, (
+            f"Training stopped by {by} after iteration {iteration}; {saved}. To continue, run the same command "
             "with --resume."
         )
 
