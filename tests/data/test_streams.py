@@ -40,6 +40,7 @@ from d2lightning.data.streams import (
 from d2lightning.data.streams import rng as stream_rng
 from d2lightning.data.streams.replay import worker_share
 from d2lightning.utils import comm
+from tests.helpers.streams import model_draw, seed
 
 SIZES = [(40, 30), (30, 40), (48, 32), (32, 48), (36, 36)]  # width, height: 2 of 5 are wide
 
@@ -77,19 +78,6 @@ def _parts(
     return LoaderParts(ds, sampler, loader, chunk_size=batch)
 
 
-def _seed(value: int) -> None:
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
-
-
-def _model_draw() -> None:
-    """What a training step draws from the global generators (dropout and the like)."""
-    torch.rand(3)
-    np.random.rand()
-    random.random()
-
-
 def _through_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -99,12 +87,12 @@ def _through_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
 
 def _run(make: Callable[[], TrainStream], total: int = 12, cut: int = 6) -> tuple[list[Any], dict, Any]:
     """An uninterrupted run of ``total`` batches: the batches, the stream state and the RNG states after ``cut``."""
-    _seed(0)
+    seed(0)
     stream = make()
     batches, state, rng_states = [], {}, None
     for k in range(total):
         batches.append(next(stream))
-        _model_draw()
+        model_draw()
         if k + 1 == cut:
             state, rng_states = _through_checkpoint(stream.state_dict()), stream_rng.capture()
     return batches, state, rng_states
@@ -117,7 +105,7 @@ def _resume(stream: TrainStream, rng_states: Any, count: int = 6, state: dict | 
     out = []
     for _ in range(count):
         out.append(next(stream))
-        _model_draw()
+        model_draw()
     return out
 
 
@@ -131,10 +119,10 @@ def _ids(batches: list[list[dict]]) -> list[list[int]]:
 def test_sampled_stream_resumed_from_its_state_continues_exactly(workers, grouping):
     batches, state, rng_states = _run(lambda: SampledStream(_parts(workers, grouping, batch=5)))
     assert any(state["buckets"]) == grouping  # images wait in the buckets at the cut
-    _seed(1)  # a new process: other generator states until the engine restores them
+    seed(1)  # a new process: other generator states until the engine restores them
     resumed = _resume(SampledStream(_parts(workers, grouping, batch=5)), rng_states, state=state)
     assert resumed == batches[6:]
-    _seed(1)
+    seed(1)
     restarted = _resume(SampledStream(_parts(workers, grouping, batch=5)), rng_states)
     assert _ids(restarted) != _ids(batches[6:])  # without the state the stream starts over
 
@@ -145,14 +133,14 @@ def test_a_stream_resumed_twice_continues_exactly(workers):
     images still wait from before it), resumed again: batches 6..12 are the uninterrupted ones."""
     make = lambda: SampledStream(_parts(workers, True, batch=5))  # noqa: E731
     batches, state, rng_states = _run(make, cut=4)
-    _seed(1)
+    seed(1)
     first = make()
     first.load_state_dict(state)
     stream_rng.restore(rng_states)
     assert next(first) == batches[4]
-    _model_draw()
+    model_draw()
     state, rng_states = _through_checkpoint(first.state_dict()), stream_rng.capture()
-    _seed(2)
+    seed(2)
     assert _resume(make(), rng_states, 7, state) == batches[5:]
 
 
@@ -170,7 +158,7 @@ def test_sampled_stream_state_holds_worker_rng_and_waiting_items():
 def test_sampled_stream_resumes_exactly_before_every_worker_delivered(workers):
     """Cut after the first batch: worker 1 has delivered nothing yet and must start as it did."""
     batches, state, rng_states = _run(lambda: SampledStream(_parts(workers, False)), total=5, cut=1)
-    _seed(1)
+    seed(1)
     assert _resume(SampledStream(_parts(workers, False)), rng_states, 4, state) == batches[1:]
 
 
@@ -188,10 +176,10 @@ class _Plain(Dataset):
 
 
 def test_a_fresh_stream_draws_the_base_seed_as_iterating_the_loader_does():
-    _seed(3)
+    seed(3)
     iter(DataLoader(_Plain(_dicts(23))))  # creating the iterator draws the DataLoader's base seed
     expected = torch.rand(4)
-    _seed(3)
+    seed(3)
     next(SampledStream(_parts(0, False, dataset=_Plain(_dicts(23)))))
     assert torch.equal(torch.rand(4), expected)
 
@@ -205,7 +193,7 @@ def test_a_resumed_stream_leaves_the_global_generators_alone(workers, dataset):
     assert any(state["buckets"])
     resumed = make()
     resumed.load_state_dict(state)
-    _seed(3)
+    seed(3)
     before = stream_rng.capture()
     next(resumed)
     assert stream_rng.capture() == before
@@ -216,12 +204,12 @@ def test_a_state_taken_before_the_first_batch_leaves_a_fresh_stream():
     the checkpoint, so the resumed stream draws it too, from the restored generators."""
     parts = lambda: _parts(2, True, dataset=_Plain(_dicts(23)))  # noqa: E731
     state = _through_checkpoint(SampledStream(parts()).state_dict())
-    _seed(3)
+    seed(3)
     fresh = next(SampledStream(parts()))
     after_fresh = stream_rng.capture()
     resumed = SampledStream(parts())
     resumed.load_state_dict(state)
-    _seed(3)
+    seed(3)
     assert next(resumed) == fresh
     assert stream_rng.capture() == after_fresh
 
@@ -231,7 +219,7 @@ def test_a_state_taken_before_the_first_batch_leaves_a_fresh_stream():
 @pytest.mark.parametrize("grouping", [False, True], ids=["plain", "grouping"])
 def test_seek_places_the_stream_exactly_and_names_what_differs(workers, grouping):
     batches, _, rng_states = _run(lambda: SampledStream(_parts(workers, grouping, batch=5)))
-    _seed(1)
+    seed(1)
     stream = SampledStream(_parts(workers, grouping, batch=5))
     warning = stream.seek(6)
     waiting = sum(len(b) for b in stream.state_dict()["buckets"])
@@ -372,7 +360,7 @@ def test_a_refused_state_leaves_the_stream_at_its_start_and_the_global_rng_alone
     stream = SampledStream(_parts(0, True, n=25, dataset=_Plain(_dicts(25))))
     with pytest.raises(StreamStateError):
         stream.load_state_dict(state)
-    _seed(3)
+    seed(3)
     before = stream_rng.capture()
     first = next(stream)
     assert stream_rng.capture() == before
@@ -396,7 +384,7 @@ def _random_seed_parts(seed: int, reseed: bool) -> LoaderParts:
 def test_a_sampler_seed_drawn_at_random_is_adopted_from_the_state(d2_log):
     batches, state, rng_states = _run(lambda: SampledStream(_random_seed_parts(11, reseed=True)))
     assert state["sampler_seed"] == 11
-    _seed(1)
+    seed(1)
     resumed = SampledStream(_random_seed_parts(12, reseed=True))
     assert _resume(resumed, rng_states, state=state) == batches[6:]
     assert resumed.parts.sampler_seed == 11
@@ -493,9 +481,9 @@ def test_own_loader_resumes_exactly_from_its_state_and_from_the_count(own_datase
 
     batches, state, rng_states = _run(make)
     assert state["batches"] == 6 and state["config"]["num_workers"] == workers
-    _seed(1)
+    seed(1)
     assert _same_batches(_resume(make(), rng_states, state=state), batches[6:])
-    _seed(1)
+    seed(1)
     stream = make()
     assert stream.seek(6) is None
     assert _same_batches(_resume(stream, rng_states), batches[6:])
@@ -527,7 +515,7 @@ def test_a_stateful_dataloader_passes_its_own_state_through(workers):
 
     batches, state, rng_states = _run(make, total=8, cut=3)
     assert "loader" in state
-    _seed(1)
+    seed(1)
     resumed = _resume(make(), rng_states, 5, state)
     assert [b[0].tolist() for b in resumed] == [b[0].tolist() for b in batches[3:]]
     same_draws = all(torch.equal(r[1], b[1]) for r, b in zip(resumed, batches[3:], strict=True))

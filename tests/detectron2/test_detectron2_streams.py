@@ -10,7 +10,6 @@ saved, and restored in the resumed run after the stream loaded its state.
 from __future__ import annotations
 
 import io
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from PIL import Image
 from d2lightning.data.streams import SampledStream, resumable_stream
 from d2lightning.data.streams import rng as stream_rng
 from tests.helpers.detectron2_runs import DETECTRON2_MARKS
+from tests.helpers.streams import model_draw, seed
 
 pytestmark = DETECTRON2_MARKS
 
@@ -76,27 +76,15 @@ def _loader(cfg: Any) -> Any:
     from numpy's generator when built)."""
     from detectron2.data import build_detection_train_loader
 
-    _seed(5)
+    seed(5)
     return build_detection_train_loader(cfg)
-
-
-def _seed(value: int) -> None:
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
-
-
-def _model_draw() -> None:
-    torch.rand(3)
-    np.random.rand()
-    random.random()
 
 
 def _take(batches: Iterator[Any], count: int) -> list[Any]:
     out = []
     for _ in range(count):
         out.append(next(batches))
-        _model_draw()
+        model_draw()
     return out
 
 
@@ -147,7 +135,7 @@ def test_stream_equals_detectron2s_own_iteration_and_resumes_exactly(sampler, wo
 
     resumed = resumable_stream(_loader(cfg))
     assert resumed is not None
-    _seed(1)
+    seed(1)
     resumed.load_state_dict(state)
     stream_rng.restore(rng_states)
     assert _same(_take(resumed, 6), batches[6:])
@@ -189,13 +177,13 @@ def test_lazyconfig_loader_is_recognised_and_resumes_with_its_sampler_seed_drawn
         total_batch_size=4,
         num_workers=2,
     )
-    _seed(5)
+    seed(5)
     stream = resumable_stream(instantiate(lazy))
     assert isinstance(stream, SampledStream) and "2 workers, aspect-ratio grouping" in stream.name
     batches = _take(stream, 4)
     state, rng_states = _checkpoint(stream.state_dict()), stream_rng.capture()
     batches += _take(stream, 4)
-    _seed(6)  # detectron2's default_setup seeds at random when train.seed is unset: another sampler seed
+    seed(6)  # detectron2's default_setup seeds at random when train.seed is unset: another sampler seed
     resumed = resumable_stream(instantiate(lazy))
     assert isinstance(resumed, SampledStream) and resumed.parts.sampler_seed != stream.parts.sampler_seed
     resumed.load_state_dict(state)  # adopts the interrupted run's sampler seed
@@ -214,7 +202,7 @@ def test_a_grouping_loader_with_its_own_collate_fn():
     cfg = _cfg("TrainingSampler", 0, True)
 
     def build() -> Any:
-        _seed(5)
+        seed(5)
         dicts = DatasetCatalog.get(DATASET)
         mapper = DatasetMapper(cfg, True)
         return build_detection_train_loader(dicts, mapper=mapper, total_batch_size=5, collate_fn=_reversed)

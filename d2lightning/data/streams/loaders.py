@@ -22,50 +22,6 @@ __all__ = ["SeekableLoaderStream", "StartIterationStream", "StatefulLoaderStream
 logger = logging.getLogger(__name__)
 
 
-class StartIterationStream(StreamBase):
-    """The stream of d2lightning's own train loader; exact from the batch count alone.
-
-    Its state is the batch count and the settings it must agree on. Items mapped in the main process (no workers)
-    draw from the global generators, which the engine restores; items mapped in workers draw from generators
-    seeded by their stream position (see ``d2lightning.data.build``).
-
-    Args:
-        loader: d2lightning's ``build_detection_train_loader`` result (has ``set_start_iteration``).
-    """
-
-    def __init__(self, loader: Any) -> None:
-        super().__init__(f"d2lightning's train loader ({qualname(loader)})")
-        self._loader = loader
-        sampler = loader.dataset.sampler
-        self._settings = {
-            "world_size": comm.get_world_size(),
-            "rank": comm.get_rank(),
-            "dataset_size": len(loader.dataset.dataset),
-            "batch_size": int(loader.batch_size),
-            "sampler": qualname(sampler),
-            "sampler_stream": sampler_digest(sampler),  # before any seek: the sampler's own start
-            "num_workers": int(loader.num_workers),
-        }
-        self._it: Any = None
-
-    def _config(self) -> dict[str, Any]:
-        return dict(self._settings)
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        self._loader.set_start_iteration(self._batches)
-
-    def _seek(self, num_batches: int) -> str | None:
-        self._loader.set_start_iteration(num_batches)
-        return None
-
-    def _start(self) -> None:
-        with self._base_seed_draw(self._loader.generator):
-            self._it = iter(self._loader)
-
-    def _next_batch(self) -> Any:
-        return next(self._it)
-
-
 class SeekableLoaderStream(StreamBase):
     """Any loader with ``set_start_iteration(n)`` (the loader promises that its stream then starts at batch ``n``,
     exactly as an uninterrupted one would continue): its state is the batch count.
@@ -78,7 +34,7 @@ class SeekableLoaderStream(StreamBase):
         super().__init__(f"the seekable loader {qualname(loader)}")
         self._loader = loader
         self._it: Any = None
-        self._settings = {"world_size": comm.get_world_size(), "rank": comm.get_rank()}
+        self._settings: dict[str, Any] = {"world_size": comm.get_world_size(), "rank": comm.get_rank()}
 
     def _config(self) -> dict[str, Any]:
         return dict(self._settings)
@@ -95,6 +51,34 @@ class SeekableLoaderStream(StreamBase):
 
     def _next_batch(self) -> Any:
         return next(self._it)
+
+
+class StartIterationStream(SeekableLoaderStream):
+    """The stream of d2lightning's own train loader; exact from the batch count alone.
+
+    Its state is the batch count and the settings it must agree on. Items mapped in the main process (no workers)
+    draw from the global generators, which the engine restores; items mapped in workers draw from generators
+    seeded by their stream position (see ``d2lightning.data.build``).
+
+    Args:
+        loader: d2lightning's ``build_detection_train_loader`` result (has ``set_start_iteration``).
+    """
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(loader)
+        self.name = f"d2lightning's train loader ({qualname(loader)})"
+        sampler = loader.dataset.sampler
+        self._settings.update(
+            dataset_size=len(loader.dataset.dataset),
+            batch_size=int(loader.batch_size),
+            sampler=qualname(sampler),
+            sampler_stream=sampler_digest(sampler),  # before any seek: the sampler's own start
+            num_workers=int(loader.num_workers),
+        )
+
+    def _start(self) -> None:
+        with self._base_seed_draw(self._loader.generator):
+            self._it = iter(self._loader)
 
 
 class StatefulLoaderStream(StreamBase):
