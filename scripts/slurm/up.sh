@@ -103,8 +103,10 @@ CONF
 
 # --- daemons ------------------------------------------------------------
 # Foreground mode (-D) in their own session, so that killing the caller's process group leaves them up.
+# -c: a fresh controller forgets the jobs of an earlier run (its state stays in StateSaveLocation; a machine that runs
+# CI again would otherwise restore them, and one still holding the node leaves the tests' jobs waiting for resources).
 if ! alive /run/slurm/slurmctld.pid; then
-  setsid nohup /usr/sbin/slurmctld -D </dev/null >/var/log/slurm/slurmctld.stdout 2>&1 &
+  setsid nohup /usr/sbin/slurmctld -D -c </dev/null >/var/log/slurm/slurmctld.stdout 2>&1 &
   echo $! >/run/slurm/slurmctld.pid
   CHANGED=0
 fi
@@ -125,6 +127,16 @@ for _ in $(seq 150); do
   esac
   sleep 0.2
 done
+# Daemons left running by an earlier run may still hold its jobs: this cluster is for tests, so cancel them and wait
+# until the node is free again.
+stale=$(squeue -h -o %A 2>/dev/null || true)
+if [ -n "$stale" ]; then
+  echo "up.sh: cancelling jobs left by an earlier run: $(echo $stale)"
+  # shellcheck disable=SC2086
+  scancel $stale 2>/dev/null || true
+  for _ in $(seq 300); do [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break; sleep 0.2; done
+  for _ in $(seq 150); do state | grep -q '^idle$' && break; sleep 0.2; done
+fi
 sinfo
 if ! state | grep -qE '^(idle|mixed|allocated|completing)$'; then
   echo "up.sh: node $HOST did not become idle; last log lines:" >&2
