@@ -83,6 +83,8 @@ train = dict(
     max_iter=MAX_ITER,
     amp=dict(enabled=False),  # AMPTrainer (bfloat16 on CPU) when True
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    # d2lightning: shard the model with FSDP2 instead of DDP (2+ processes: --num-gpus N); docs/distributed.md
+    fsdp=dict(enabled=False, units=[], min_params=1_000_000, reshard_after_forward=True),
     checkpointer=dict(period=200, max_to_keep=100),
     eval_period=200,
     log_period=20,

@@ -147,6 +147,14 @@ _LIGHTNING: dict[str, Any] = {
     "PROGRESS_BAR": True,
     "LOG_EVERY_N_STEPS": KeySpec(20, validator=v.int_at_least(1)),
     "DETERMINISTIC": KeySpec(False, types=(bool, str), validator=v.check_deterministic),
+    # Sharded training (STRATEGY "fsdp": FSDP2 on Lightning's ModelParallelStrategy); see docs/distributed.md.
+    "FSDP": {
+        "UNITS": KeySpec([], types=(list, tuple), validator=v.check_names),  # [] : by size (MIN_PARAMS)
+        "MIN_PARAMS": KeySpec(1_000_000, validator=v.int_at_least(1)),
+        "RESHARD_AFTER_FORWARD": True,
+        "PARAM_DTYPE": KeySpec("", validator=v.one_of("", "float32", "bfloat16", "float16")),
+        "REDUCE_DTYPE": KeySpec("", validator=v.one_of("", "float32", "bfloat16", "float16")),
+    },
 }
 
 BUILTIN_DEFAULTS: dict[str, Any] = {

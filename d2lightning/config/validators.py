@@ -160,3 +160,10 @@ def check_class_entries(value: Any) -> Any:
         if not isinstance(path, str) or "." not in path.strip(".") or " " in path:
             raise ValueError(f"{where}: class path must look like 'package.ClassName', got {path!r}")
     return value
+
+
+def check_names(value: Any) -> Any:
+    """A list of non-empty strings (``LIGHTNING.FSDP.UNITS``: module names or class names)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) and x for x in value):
+        raise ValueError(f"expected a list of module or class names (strings), got {value!r}")
+    return value

@@ -4,6 +4,7 @@ from d2lightning.engine import hooks, train_loop
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.defaults import default_argument_parser, default_setup, default_writers
 from d2lightning.engine.distributed.ddp import create_ddp_model
+from d2lightning.engine.distributed.fsdp import FSDPSharding
 from d2lightning.engine.hook_base import HookBase, HookCallback
 from d2lightning.engine.hooks import (  # detectron2.engine re-exports its hooks too
     AutogradProfiler,
@@ -35,6 +36,7 @@ __all__ = [
     "DefaultPredictor",
     "DefaultTrainer",
     "EvalHook",
+    "FSDPSharding",
     "HookBase",
     "HookCallback",
     "IterationTimer",

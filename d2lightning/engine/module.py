@@ -38,6 +38,8 @@ class D2LightningModule(TrainerModule):
             run too, right after the Trainer's own first callback.
         evaluator: a detectron2 ``DatasetEvaluator`` for ``trainer.validate``/``test`` and validation during
             ``fit`` (its results are logged, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them).
+        sharding: with ``Trainer(strategy=ModelParallelStrategy(...))``, how the model is cut into FSDP units
+            (:class:`~d2lightning.engine.FSDPSharding`; the trainer's ``sharding``). None: by size.
 
     Attributes:
         d2_trainer: the detectron2-style trainer; hooks see it as ``self.trainer``.
@@ -53,6 +55,7 @@ class D2LightningModule(TrainerModule):
         trainer = pl.Trainer(max_steps=1000, callbacks=[hooks.IterationTimer(), LearningRateMonitor()])
         trainer.fit(D2LightningModule(model, data_loader, optimizer))
         trainer.fit(D2LightningModule(model, None, optimizer), datamodule=my_datamodule)
+        # sharded: pl.Trainer(strategy=ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1), ...)
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class D2LightningModule(TrainerModule):
         *,
         trainer: TrainerBase | None = None,
         evaluator: Any = None,
+        sharding: Any = None,
     ) -> None:
         if trainer is None:
             missing = [name for name, x in (("model", model), ("optimizer", optimizer)) if x is None]
@@ -73,4 +77,6 @@ class D2LightningModule(TrainerModule):
             raise TypeError("D2LightningModule takes either (model, data_loader, optimizer) or trainer=, not both")
         if not isinstance(trainer, TrainerBase):
             raise TypeError(f"trainer must be a d2lightning TrainerBase, got {type(trainer).__qualname__}")
+        if sharding is not None:
+            trainer.sharding = sharding
         super().__init__(trainer, evaluator=evaluator)

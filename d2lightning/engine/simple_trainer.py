@@ -292,7 +292,8 @@ class SimpleTrainer(TrainerBase):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
+        if "optimizer" in state_dict:  # absent from a sharded fit's Lightning checkpoint: the strategy restores it
+            self.optimizer.load_state_dict(state_dict["optimizer"])
 
     def after_train(self) -> None:
         super().after_train()

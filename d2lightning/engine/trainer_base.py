@@ -55,6 +55,8 @@ class TrainerBase:
         pl_trainer: the ``lightning.pytorch.Trainer`` of the current fit, else of the latest one (None before any).
         step_backend: how steps run (backward, optimizer step, ``no_sync``, the per-step hooks): plain torch outside
             a fit, through the Lightning Trainer inside one (see :mod:`d2lightning.engine.lightning.backend`).
+        sharding: how a fit on ``ModelParallelStrategy`` (FSDP) cuts the model into units
+            (:class:`~d2lightning.engine.distributed.fsdp.FSDPSharding`; None: the default, by size).
     """
 
     def __init__(self) -> None:
@@ -68,6 +70,8 @@ class TrainerBase:
         self.step_backend: StepBackend = TorchStepBackend()
         self._registered: list[Any] | None = None  # the registered hooks, while a fit runs the trainer
         self._rank_states = RankStates()  # every rank's RNG and data-stream states, for checkpoints
+        self.sharding: Any = None
+        self._full_states: Any = None  # a sharded model's full states, while a fit runs the trainer
 
     def register_hooks(self, hooks: Iterable[Any | None]) -> None:
         """Register hooks, appended after those already registered; ``None`` entries are dropped.
@@ -180,6 +184,7 @@ class TrainerBase:
         """The fit is over (called by its run, however the fit ended): back to the registered hooks and torch."""
         if self._registered is not None:
             self._hooks, self._registered = self._registered, None
+        self._full_states = None
         self.step_backend = TorchStepBackend()
 
     def resume_streams(self, start_iter: int) -> None:
@@ -195,10 +200,14 @@ class TrainerBase:
         """Collect every rank's RNG states and data-stream position for the checkpoints of this iteration
         (collective: every rank calls it; a second call in the same iteration does nothing).
 
-        The fit's run calls it on every rank at each iteration where a hook of some rank saves a checkpoint, so the
-        main process's files hold what every rank needs to continue exactly. A no-op in a single process.
+        The fit's run calls it on every rank at each iteration where a hook of some rank saves a checkpoint (right
+        before the first such hook), so the main process's files hold what every rank needs to continue exactly; with
+        a sharded (FSDP) model it also gathers the full model and optimizer states those files hold. A no-op in a
+        single process.
         """
         self._rank_states.gather(self.iter, self._data_stream_state())
+        if self._full_states is not None:  # a sharded model: its full states, for the main process's files
+            self._full_states.gather(self.iter)
 
     def _resume_data(self, start_iter: int, state: Mapping[str, Any] | None, checkpoint_has_data: bool) -> None:
         """Move the trainer's data stream to where the interrupted run left it (subclasses that read data)."""
@@ -213,6 +222,7 @@ class TrainerBase:
         self._hooks = list(binding.hooks)
         self.step_backend = binding.backend
         self.pl_trainer = binding.pl_trainer
+        self._full_states = binding.full_states
         proxy = weakref.proxy(self)
         for hook in self._hooks:
             if _is_hook(hook):

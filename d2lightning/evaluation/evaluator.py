@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from d2lightning.utils.comm import get_world_size, is_main_process
+from d2lightning.utils.sharding import gathered_weights
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_context", "inference_on_dataset"]
 
@@ -193,6 +194,8 @@ def inference_on_dataset(
       ``"Total inference pure compute time: ..."`` (logger ``d2lightning.evaluation.evaluator``).
     * No barrier: every rank must call this (evaluators may gather); each rank returns what its evaluator
       returns.
+    * d2lightning: a model sharded with FSDP2 gets its full weights on every rank first (a collective), so that
+      each rank runs its own batches on its own.
 
     Args:
         model: a callable taking one element of ``data_loader``.
@@ -236,6 +239,7 @@ def inference_on_dataset(
     with ExitStack() as stack:
         if isinstance(model, nn.Module):
             stack.enter_context(inference_context(model))
+            stack.enter_context(gathered_weights(model))  # a sharded (FSDP) model: full weights on every rank
         stack.enter_context(torch.no_grad())
 
         start_data = time.perf_counter()

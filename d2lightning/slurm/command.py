@@ -64,6 +64,12 @@ def submit_command(args: argparse.Namespace) -> int:
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     apply_overrides(cfg, args.opts)
+    processes = args.nodes * args.gpus_per_node
+    if str(cfg.LIGHTNING.STRATEGY).lower() == "fsdp" and processes < 2:
+        raise ValueError(
+            f"LIGHTNING.STRATEGY='fsdp' shards the model over several processes, but --nodes {args.nodes} "
+            f"--gpus-per-node {args.gpus_per_node} starts {processes}: ask for two or more, or use 'auto'"
+        )
     output_dir = os.path.abspath(cfg.OUTPUT_DIR)
     stem = os.path.splitext(os.path.basename(config_file))[0]
     job = SbatchJob(

@@ -194,14 +194,7 @@ def test_bad_logger_or_callback_names_the_key(tmp_path: Path, key: str, entry: A
 
 
 # ---------------------------------------------------------------- strategy, devices, nodes
-@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload"])
-def test_fsdp_is_refused_with_the_reason(tmp_path: Path, strategy: str) -> None:
-    with pytest.raises(
-        ValueError, match=rf"LIGHTNING.STRATEGY='{strategy}': FSDP is not supported .*non-CPU accelerator"
-    ):
-        lightning_kwargs_from_cfg(tiny_trainer_cfg(str(tmp_path), "LIGHTNING.STRATEGY", strategy))
-
-
+# (LIGHTNING.STRATEGY fsdp: tests/engine/test_fsdp.py)
 @pytest.mark.parametrize(
     ("key", "value"), [("LIGHTNING.DEVICES", 2), ("LIGHTNING.DEVICES", "0,1"), ("LIGHTNING.NUM_NODES", 2)]
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import REPO
 from tests.helpers.distributed import LAUNCHER_VARS
@@ -45,7 +46,9 @@ def _read(path: Path) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_path: Path, strategy: str) -> None:
+    """Also sharded (LIGHTNING.STRATEGY fsdp): the preemption checkpoint is gathered on every rank and resumed."""
     require_slurm()
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
@@ -60,6 +63,7 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
         "shapes_detector",
     ]
     overrides = ["SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "15", "TEST.EVAL_PERIOD", "20"]
+    overrides += ["LIGHTNING.STRATEGY", strategy]
     submit = subprocess.run(
         [*submit_cmd, "--nodes", "1", "--gpus-per-node", "2", *overrides, "OUTPUT_DIR", str(out)],
         cwd=REPO,
@@ -101,6 +105,10 @@ def test_preempted_demo_job_is_requeued_and_ends_like_an_uninterrupted_one(tmp_p
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [19, 39, 40]
     assert "bbox/AP" in metrics[0] and "bbox/AP" in metrics[2] and "total_loss" in metrics[1]
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert all(type(v) is torch.Tensor for v in final.values())  # full weights, also when sharded
+    if strategy == "fsdp":
+        assert "FSDP over 2 processes" in first and "FSDP over 2 processes" in second
 
 
 PROBE = """

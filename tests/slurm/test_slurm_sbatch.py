@@ -150,3 +150,15 @@ def test_sbatch_job_is_validated(field: str, value: object, message: str) -> Non
 def test_slurm_time_formats_are_accepted(time: str) -> None:
     script = render_sbatch_script(SbatchJob(config_file="c.yaml", output_dir="/out", time=time))
     assert f"#SBATCH --time={time}\n" in script
+
+
+def test_fsdp_with_one_process_is_refused_before_it_queues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = ["--nodes", "1", "--gpus-per-node", "1", "--dry-run", "LIGHTNING.STRATEGY", "fsdp"]
+    code, out, err = _submit(capsys, *options, "OUTPUT_DIR", str(tmp_path / "out"))
+    assert code != 0 and out == ""
+    assert err.strip().splitlines() == [
+        "d2lightning slurm: error: LIGHTNING.STRATEGY='fsdp' shards the model over several processes, but --nodes 1 "
+        "--gpus-per-node 1 starts 1: ask for two or more, or use 'auto'"
+    ]
+    code, out, _ = _submit(capsys, "--gpus-per-node", "2", "--dry-run", "LIGHTNING.STRATEGY", "fsdp")
+    assert code == 0 and "LIGHTNING.STRATEGY fsdp" in out

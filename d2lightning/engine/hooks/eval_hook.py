@@ -21,6 +21,7 @@ from d2lightning.engine.lightning import _private
 from d2lightning.engine.lightning.run import TrainingRun
 from d2lightning.evaluation.testing import flatten_results_dict
 from d2lightning.utils import comm
+from d2lightning.utils.sharding import gathered_weights
 from d2lightning.utils.validation import check_int
 
 __all__ = ["EvalHook"]
@@ -103,7 +104,9 @@ class EvalHook(HookBase):
                 run.scope.on_close(_private.monitor_after_evaluation(cb))
 
     def _do_eval(self, final: bool) -> None:
-        results = self._func()
+        # a sharded (FSDP) model: every rank gets the full weights first, so that each evaluates its own batches
+        with gathered_weights(getattr(self.trainer, "model", None)):
+            results = self._func()
         if results:
             if not isinstance(results, Mapping):
                 raise TypeError(f"Eval function must return a dict. Got {results} instead.")

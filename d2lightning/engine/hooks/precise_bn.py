@@ -16,6 +16,7 @@ from d2lightning.engine.hook_base import HookBase
 from d2lightning.engine.hooks._periods import every_n_iters, is_last_iter
 from d2lightning.layers.batch_norm import get_bn_modules, update_bn_stats
 from d2lightning.utils.events import EventStorage
+from d2lightning.utils.sharding import gathered_weights
 from d2lightning.utils.validation import check_int
 
 __all__ = ["PreciseBN"]
@@ -41,8 +42,9 @@ class PreciseBN(HookBase):
     - A model without BN layers in training mode (checked at construction) logs "PreciseBN is disabled
       because model does not contain BN layers in training mode." once and makes the hook a no-op
       (detectron2's then fails with AttributeError at the first iteration).
-    - Under DDP the statistics are all-reduced, so every rank ends with the same buffers (computed on all
-      ranks' batches). The hook is then collective: register it on **every rank**.
+    - Under DDP or FSDP the statistics are all-reduced, so every rank ends with the same buffers (computed on all
+      ranks' batches). The hook is then collective: register it on **every rank**. A sharded model gets its full
+      weights on every rank for the update.
     - When Lightning stops training early (``EarlyStopping``), ``after_train`` runs the update that would
       have followed the last iteration, unless it already ran then.
 
@@ -101,7 +103,9 @@ class PreciseBN(HookBase):
                 f"Running precise-BN for {self._num_iter} iterations...  "
                 "Note that this could produce different statistics every time."
             )
-            update_bn_stats(self._model, self._batches(self._data_iter), self._num_iter)
+            # a sharded (FSDP) model: every rank's full weights once, not an all-gather per batch
+            with gathered_weights(self._model):
+                update_bn_stats(self._model, self._batches(self._data_iter), self._num_iter)
 
     def _batches(self, data_iter: Iterator[Any]) -> Iterator[Any]:
         """The shared iterator, with a progress line every 100 batches."""

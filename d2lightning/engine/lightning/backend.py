@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from d2lightning.engine.lightning import _private
@@ -81,7 +82,7 @@ class TorchStepBackend:
             grad_scaler.update()
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
-        return model.no_sync() if isinstance(model, DistributedDataParallel) else _NO_CONTEXT
+        return _no_sync(model)
 
 
 class LightningStepBackend:
@@ -120,8 +121,8 @@ class LightningStepBackend:
             self._in_strategy_step = False
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
-        if isinstance(model, DistributedDataParallel):  # create_ddp_model's wrapper: Lightning did not wrap it
-            return model.no_sync()
+        if isinstance(model, (DistributedDataParallel, FSDPModule)):  # Lightning's strategy did not wrap it
+            return _no_sync(model)
         block = getattr(self._pl_trainer.strategy, "block_backward_sync", None)
         return block() if block is not None else _NO_CONTEXT
 
@@ -135,9 +136,23 @@ class LightningStepBackend:
             _private.call_before_optimizer_step(self._pl_trainer, optimizer)
 
 
+def _no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync``; for a model sharded with FSDP2, its gradients reduced only after the context."""
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if isinstance(model, FSDPModule):
+        return _fsdp_no_sync(model)
+    return _NO_CONTEXT
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: FSDPModule) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def _no_closure() -> None:
     return None
-
-
-def _unused() -> Iterator[None]:  # pragma: no cover
-    yield

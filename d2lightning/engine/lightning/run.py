@@ -20,8 +20,10 @@ calls at its place in the callback list (the table in :mod:`~d2lightning.engine.
 - when the fit starts (``Trainer.fit`` attaches the module, or a detectron2 hook is set up): it goes first among
   the callbacks, binds the detectron2-style trainer to the fit (:meth:`bind`: the step backend, the hooks in the
   Trainer's order, Lightning's batches);
+- ``setup`` (through the module): on ``ModelParallelStrategy``, shards the model with FSDP2 (:meth:`shard`);
 - ``on_train_start``: opens the storage at ``start_iter = global_step``, lets the trainer resume its streams (data
-  position, RNG states), then calls the trainer's ``before_train``;
+  position, RNG states), then calls the trainer's ``before_train``; with several processes, the ranks agree on the
+  checkpoint iterations and a gathering point goes right before the first hook that saves;
 - ``on_train_batch_start``: ``iter = storage.iter = global_step``, then the trainer's ``before_step`` (what a
   subclass adds);
 - ``on_train_end`` / ``on_exception``: ``iter = global_step``, the trainer's ``after_train``, close;
@@ -49,6 +51,7 @@ from lightning.pytorch.callbacks import Callback
 
 from d2lightning import _compat
 from d2lightning.checkpoint.discovery import find_checkpointers
+from d2lightning.engine.distributed.fsdp import FSDPSharding, FullStates, check_hooks_for_sharding
 from d2lightning.engine.lightning import _private
 from d2lightning.engine.lightning.backend import LightningStepBackend, StepBackend
 from d2lightning.engine.lightning.fit_scope import FitScope
@@ -56,6 +59,7 @@ from d2lightning.engine.lightning.training_state import attach_training_state
 from d2lightning.utils import comm
 from d2lightning.utils.events import _CURRENT_STORAGE_STACK, EventStorage
 from d2lightning.utils.logger import console_until_configured
+from d2lightning.utils.sharding import is_sharded
 
 __all__ = ["RunBinding", "TrainingRun"]
 
@@ -78,6 +82,8 @@ class RunBinding:
         batches: the batches Lightning hands the fit (a datamodule, ``train_dataloaders=``), or None when the trainer
             reads its own ``data_loader``.
         convert: the precision plugin's conversion of a batch (``*-true`` precisions), or None.
+        full_states: with a sharded model (FSDP), what gathers its full states for the checkpoints of an iteration
+            (:class:`~d2lightning.engine.distributed.fsdp.FullStates`), or None.
     """
 
     pl_trainer: pl.Trainer
@@ -85,6 +91,7 @@ class RunBinding:
     hooks: list[Any]
     batches: Any = None
     convert: Callable[[Any], Any] | None = None
+    full_states: Any = None
 
 
 class TrainingRun(Callback):
@@ -157,25 +164,62 @@ class TrainingRun(Callback):
         run = callbacks[0] if callbacks else None
         return run if isinstance(run, TrainingRun) and not run.closed else None
 
-    def bind(self, batches: Any = None, convert: Callable[[Any], Any] | None = None) -> None:
+    def bind(self, batches: Any = None, convert: Callable[[Any], Any] | None = None, full_states: Any = None) -> None:
         """Bind the trainer to this fit (``d2_trainer.begin_run``) until the run closes.
 
         Args:
             batches: Lightning's batches, when the Trainer gives the data.
             convert: the precision plugin's batch conversion, or None.
+            full_states: what :meth:`shard` returned, when the fit shards the model.
 
         Raises:
             ValueError: from the trainer, when it cannot take ``batches`` or ``convert``.
         """
         pl_trainer = self.pl_trainer
         backend = LightningStepBackend(pl_trainer)
-        binding = RunBinding(pl_trainer, backend, list(self.hooks), batches, convert)
+        binding = RunBinding(pl_trainer, backend, list(self.hooks), batches, convert, full_states)
         self.d2_trainer.begin_run(binding)
         self._bound = True
         self.scope.on_close(self._unbind)
         optimizer = getattr(self.d2_trainer, "optimizer", None)
         if isinstance(optimizer, torch.optim.Optimizer):
             self.scope.on_close(backend.watch(optimizer).remove)
+
+    def shard(self, mesh: Any) -> FullStates:
+        """Shard the trainer's model over ``mesh`` with FSDP2 for this fit (``d2_trainer.sharding``, or the default
+        :class:`~d2lightning.engine.distributed.fsdp.FSDPSharding`), its optimizer following; returns what gathers the
+        full states at checkpoint iterations (closed with the run).
+
+        Raises:
+            ValueError: in one line, for what cannot be sharded: a model already wrapped in DDP, a hook that
+                cannot run on a sharded model, ``AMPTrainer``'s plain ``GradScaler``, tied parameters across units.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        d2_trainer = self.d2_trainer
+        model = getattr(d2_trainer, "model", None)
+        if isinstance(model, DistributedDataParallel):
+            raise ValueError(
+                "FSDP: the model is wrapped in DistributedDataParallel (create_ddp_model): give the trainer the bare "
+                "model, FSDP shards it and synchronizes the gradients itself"
+            )
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"FSDP: {type(d2_trainer).__qualname__} has no model (a torch.nn.Module) to shard")
+        check_hooks_for_sharding(self.hooks)
+        _check_grad_scaler(getattr(d2_trainer, "grad_scaler", None))
+        optimizer = getattr(d2_trainer, "optimizer", None)
+        if not is_sharded(model):  # (an earlier fit may have sharded it already)
+            sharding = getattr(d2_trainer, "sharding", None) or FSDPSharding()
+            units = sharding.apply(model, mesh, optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
+            logger.info("FSDP over %d processes, sharding units: %s", mesh.size(), units[:-1] or "the model as one")
+        states = FullStates(
+            model,
+            optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
+            keep=comm.is_main_process(),
+            current_iteration=lambda: d2_trainer.iter,
+        )
+        self.scope.on_close(states.close)
+        return states
 
     # ------------------------------------------------------------ detectron2's train(), on Lightning's calls
     def on_train_start(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,7 +229,7 @@ class TrainingRun(Callback):
         d2_trainer = self.d2_trainer
         _compat.check_detectron2_hooks(d2_trainer, self.hooks)
         self._open(pl_trainer.global_step, pl_trainer.max_steps)
-        self._checkpoint_periods = _agree_on_checkpoint_periods(self.hooks)
+        self._place_gathering()
         logger.info("Starting training from iteration %d", d2_trainer.start_iter)
         d2_trainer.resume_streams(d2_trainer.start_iter)
         d2_trainer.before_train()
@@ -200,18 +244,34 @@ class TrainingRun(Callback):
         d2_trainer.iter = self.storage.iter = pl_trainer.global_step  # type: ignore[union-attr]
         d2_trainer.before_step()
 
-    def on_train_batch_end(
-        self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
-    ) -> None:
-        """Before any hook's ``after_step``: where some rank's hook saves a checkpoint after this iteration, every
-        rank's RNG and data-stream states are gathered (a collective, on every rank), so the main process's file
-        holds them even when only it runs a checkpointer."""
+    def gather_if_saving(self) -> None:
+        """Where some rank's hook saves a checkpoint after this iteration, gather every rank's RNG and data-stream
+        states (and a sharded model's full states) — a collective, on every rank — so the main process's file holds
+        them even when only it runs a checkpointer. Called right before the first hook that saves (see
+        :meth:`_place_gathering`)."""
         periods = self._checkpoint_periods
         if periods and self.phase == _TRAINING:
             d2_trainer = self.d2_trainer
             done = d2_trainer.iter + 1
             if done >= d2_trainer.max_iter or any(done % p == 0 for p in periods):
                 d2_trainer.gather_rank_states()
+
+    def _place_gathering(self) -> None:
+        """With several processes: agree on the checkpoint periods (one collective) and put the gathering right
+        before the first hook that saves — after the hooks that run before it on the saving rank (``PreciseBN``
+        draws batches and random numbers, and updates buffers, before detectron2's checkpointer), at the same place
+        among the collective hooks on every rank."""
+        periods, before = _agree_on_checkpoint_periods(self.hooks)
+        self._checkpoint_periods = periods
+        if not periods:
+            return
+        last = max((i for i, h in enumerate(self.hooks) if _hook_name(h) in before), default=-1)
+        callbacks: list[Callback] = self.pl_trainer.callbacks  # type: ignore[attr-defined]
+        position = 1  # right after the run: before every hook
+        if last >= 0:
+            hook = self.hooks[last]
+            position = 1 + next(i for i, cb in enumerate(callbacks) if cb is hook or _d2_hook_of(cb) is hook)
+        self.scope.insert_callbacks(self.pl_trainer, position, [_GatheringPoint(self)])
 
     def on_train_end(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """``iter = global_step`` (``max_iter``, lowered after an early stop), ``after_train``."""
@@ -330,17 +390,52 @@ class TrainingRun(Callback):
         self.d2_trainer.after_train()
 
 
-def _agree_on_checkpoint_periods(hooks: list[Any]) -> list[int]:
-    """With several processes: the union over the ranks of the periods their hooks save checkpoints at (one
-    collective, when training starts); ``[]`` in a single process.
+def _check_grad_scaler(grad_scaler: Any) -> None:
+    """FSDP gives each rank a shard of the gradients: the scaler must agree on overflows across ranks."""
+    if grad_scaler is None:
+        return
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    if not isinstance(grad_scaler, ShardedGradScaler):
+        raise ValueError(
+            f"FSDP with AMPTrainer(grad_scaler={type(grad_scaler).__name__}): each rank holds a shard of the "
+            "gradients, so an overflow must be agreed on by all ranks: pass grad_scaler=torch.distributed.fsdp."
+            "sharded_grad_scaler.ShardedGradScaler(), or use LIGHTNING.PRECISION 'bf16-mixed' with a SimpleTrainer"
+        )
+
+
+def _agree_on_checkpoint_periods(hooks: list[Any]) -> tuple[list[int], set[str]]:
+    """With several processes (one collective, when training starts): the union over the ranks of the periods their
+    hooks save checkpoints at, and the class names of the hooks that run before the first saving hook of a rank;
+    ``([], set())`` in a single process.
 
     A hook saves checkpoints when it holds a checkpointer (``checkpointer``, or ``_checkpointer`` as detectron2's
     ``BestCheckpointer``); its period is its ``period`` or ``_period``. The last iteration always counts.
     """
     if comm.get_world_size() == 1:
-        return []
-    mine = {p for p in (_saving_period(h) for h in hooks) if p is not None}
-    return sorted(set().union(*comm.all_gather(sorted(mine))))
+        return [], set()
+    periods = [_saving_period(h) for h in hooks]
+    mine = sorted({p for p in periods if p is not None})
+    first = next((i for i, p in enumerate(periods) if p is not None), None)
+    before = [] if first is None else [_hook_name(h) for h in hooks[:first]]
+    everyone = comm.all_gather((mine, before))
+    return sorted(set().union(*(set(p) for p, _ in everyone))), set().union(*(set(b) for _, b in everyone))
+
+
+def _hook_name(hook: Any) -> str:
+    return f"{type(hook).__module__}.{type(hook).__qualname__}"
+
+
+class _GatheringPoint(Callback):
+    """Where the ranks gather their states for this iteration's checkpoints: right before the first saving hook."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self._run = run
+
+    def on_train_batch_end(
+        self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._run.gather_if_saving()
 
 
 def _saving_period(hook: Any) -> int | None:

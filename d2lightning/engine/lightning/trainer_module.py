@@ -20,6 +20,7 @@ refused at once:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import warnings
@@ -31,6 +32,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from d2lightning.checkpoint.discovery import find_checkpointers
+from d2lightning.engine.distributed.fsdp import (
+    check_sharding_options,
+    data_parallel_mesh,
+    is_sharding_strategy,
+)
 from d2lightning.engine.lightning import _private
 from d2lightning.engine.lightning.batches import (
     FetchedBatches,
@@ -91,6 +97,7 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
         self._batches: HandedBatches | FetchedBatches | None = None  # when the Trainer gives the data
         self._clip: tuple[float, str | None] | None = None  # the Trainer's gradient clipping, during a fit
         self._converts_weights = False  # a *-true precision: Lightning converted the weights
+        self._one_process_dump = False  # a detectron2 checkpointer is building its file's Lightning state
 
     # ------------------------------------------------------------ joining a fit, before anything runs
     @property
@@ -164,6 +171,7 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
             )
         convert = batch_converter(pl_trainer)
         self._converts_weights = convert is not None
+        full_states = self._shard(pl_trainer)
         if lightning_data:
             scope = self._run.scope
             batches: HandedBatches | FetchedBatches
@@ -173,18 +181,31 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
             else:
                 batches = HandedBatches()
             scope.set_attribute(self, "_batches", batches)
-            self._run.bind(batches=batches)
+            self._run.bind(batches=batches, full_states=full_states)
             return
         check_validation_runs(pl_trainer, _private.val_data_defined(pl_trainer), endless=True)
         self._warn_unused_transfer_hooks()
         try:
-            self._run.bind(convert=convert)
+            self._run.bind(convert=convert, full_states=full_states)
         except ValueError:
             raise ValueError(
                 f"Trainer(precision={pl_trainer.precision!r}) converts the weights, and the batches need the same "
                 f"dtype, but {type(d2_trainer).__qualname__} fetches its own batches in run_step: convert them "
                 "there, use a mixed precision (e.g. 'bf16-mixed'), or give the data to the Trainer"
             ) from None
+
+    def _shard(self, pl_trainer: pl.Trainer) -> Any:
+        """On ``ModelParallelStrategy``: shard the model with FSDP2 (the strategy set up the device mesh already)."""
+        strategy = pl_trainer.strategy
+        check_sharding_options(strategy)
+        if not is_sharding_strategy(strategy):
+            return None
+        assert self._run is not None
+        return self._run.shard(data_parallel_mesh(strategy))
+
+    def configure_model(self) -> None:
+        """Nothing: the model exists already; on ``ModelParallelStrategy`` the fit sharded it in :meth:`setup` (the
+        strategy requires this hook to be overridden)."""
 
     def on_train_start(self) -> None:
         if self._batches is not None:  # the Trainer's data: is its stream endless?
@@ -304,11 +325,27 @@ class TrainerModule(_private.QuickFxName, pl.LightningModule):
         """Keep the trainer's own state (e.g. ``AMPTrainer``'s grad scaler) in Lightning checkpoints.
 
         Stored under ``"d2_trainer"``: ``d2_trainer.state_dict()`` without ``"hooks"`` (Lightning saves the hooks
-        itself, as callbacks).
+        itself, as callbacks). ``Trainer.save_checkpoint`` runs on every rank, so the ranks first gather their RNG
+        and data-stream states into it (not for a detectron2 checkpointer's file, built on one process: see
+        :meth:`one_process_dump`).
         """
+        if not self._one_process_dump:
+            self.d2_trainer.gather_rank_states()
         state = self.d2_trainer.state_dict()
         state.pop("hooks", None)
+        if is_sharding_strategy(self.trainer.strategy):
+            state.pop("optimizer", None)  # sharded: the strategy saves it (SimpleTrainer's copy would hold shards)
         checkpoint["d2_trainer"] = state
+
+    @contextlib.contextmanager
+    def one_process_dump(self) -> Iterator[None]:
+        """While a detectron2 checkpointer builds the Lightning state of its file on its own process (no collective
+        may run)."""
+        self._one_process_dump = True
+        try:
+            yield
+        finally:
+            self._one_process_dump = False
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Give ``checkpoint["d2_trainer"]``, if any, to ``d2_trainer.load_state_dict``."""

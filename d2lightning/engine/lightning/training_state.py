@@ -9,6 +9,7 @@ that shard it (FSDP, DeepSpeed, a ``ZeroRedundancyOptimizer``) the files keep de
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -59,11 +60,15 @@ class _TrainingState:
         strategy = pl_trainer.strategy
         if not _holds_full_state(pl_trainer):
             return (
-                f"Checkpoints written under {type(strategy).__name__} hold detectron2's keys only: that strategy "
-                "gathers the full Lightning state collectively. Use lightning's ModelCheckpoint for files that "
-                "Trainer.fit(ckpt_path=...) can resume from."
+                f"Checkpoints written under {type(strategy).__name__} hold detectron2's keys only (the full model "
+                "and optimizer: resume_or_load / --resume continues from them): that strategy gathers Lightning's "
+                "own state collectively. Use Lightning's ModelCheckpoint for files that Trainer.fit(ckpt_path=...) "
+                "can resume from."
             )
-        return _private.dump_training_state(pl_trainer)
+        module = pl_trainer.lightning_module
+        one_process = getattr(module, "one_process_dump", None)  # TrainerModule: no collective in its hooks
+        with one_process() if callable(one_process) else contextlib.nullcontext():
+            return _private.dump_training_state(pl_trainer)
 
 
 _PER_PROCESS_METHODS = ("optimizer_state", "lightning_module_state_dict", "save_checkpoint")

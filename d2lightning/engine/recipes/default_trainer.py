@@ -24,7 +24,11 @@ from d2lightning.config.lookup import cfg_get
 from d2lightning.engine import hooks
 from d2lightning.engine.amp_trainer import AMPTrainer
 from d2lightning.engine.distributed.ddp import create_ddp_model
-from d2lightning.engine.recipes.lightning_config import lightning_callbacks_from_cfg, lightning_kwargs_from_cfg
+from d2lightning.engine.recipes.lightning_config import (
+    lightning_callbacks_from_cfg,
+    lightning_kwargs_from_cfg,
+    sharding_from_cfg,
+)
 from d2lightning.engine.recipes.output_dir import claim_output_dir, warn_before_overwriting
 from d2lightning.engine.recipes.startup_checks import check_trainable
 from d2lightning.engine.recipes.writers import default_writers
@@ -113,7 +117,9 @@ class DefaultTrainer(TrainerBase):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        sharding = None if from_detectron2 else sharding_from_cfg(cfg)
+        if sharding is None:  # LIGHTNING.STRATEGY fsdp: FSDP shards the bare model when the fit starts
+            model = create_ddp_model(model, broadcast_buffers=False)
         accumulate = _accumulate_grad_batches(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             on_cpu = next(model.parameters()).device.type == "cpu"
@@ -136,6 +142,7 @@ class DefaultTrainer(TrainerBase):
         self.lightning_kwargs = (
             _compat.lightning_kwargs_from_detectron2_cfg(cfg) if from_detectron2 else lightning_kwargs_from_cfg(cfg)
         )
+        self.sharding = sharding
         self.register_hooks(self.build_hooks())
         self.register_hooks(lightning_callbacks_from_cfg(cfg))  # LIGHTNING.CALLBACKS, progress bar
         self.register_hooks([termination_hook()])  # last: stops after every other hook's after_step

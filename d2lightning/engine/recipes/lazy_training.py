@@ -10,7 +10,10 @@ The config has detectron2's layout (``configs/common/train.py``):
   scheduler), ``dataloader.train`` / ``dataloader.test`` / ``dataloader.evaluator`` — built with ``instantiate``;
 - ``train``: ``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled`` (``AMPTrainer`` instead of
   ``SimpleTrainer``), ``ddp`` (``create_ddp_model`` arguments), ``checkpointer`` (``PeriodicCheckpointer``
-  arguments: ``period``, ``max_to_keep``), ``eval_period``, ``log_period``, ``device``, ``seed``.
+  arguments: ``period``, ``max_to_keep``), ``eval_period``, ``log_period``, ``device``, ``seed``; d2lightning adds
+  the optional ``fsdp`` (``dict(enabled=True, units=[...], min_params=..., reshard_after_forward=...,
+  param_dtype=..., reduce_dtype=...)``): the model is sharded with FSDP2 over the processes instead of wrapped in
+  DDP (see :class:`~d2lightning.engine.FSDPSharding`).
 
 The hooks are detectron2's, in its order: ``IterationTimer``, ``LRScheduler``, ``PeriodicCheckpointer`` (main
 process; its files still hold every rank's RNG states and data-stream positions, gathered by the run),
@@ -94,8 +97,15 @@ def do_train(args: Any, cfg: Any) -> dict[str, Any] | None:
     cfg.optimizer.params.model = model
     optimizer = instantiate_at(cfg, "optimizer")
     train_loader = instantiate_at(cfg, "dataloader.train")
-    model = create_ddp_model(model, **cfg.train.ddp)
+    sharding = _sharding(cfg)
+    if sharding is None:  # with train.fsdp, FSDP shards the bare model when the fit starts
+        model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    if sharding is not None:
+        from d2lightning.engine.distributed.fsdp import fsdp_strategy
+
+        trainer.lightning_kwargs = {"strategy": fsdp_strategy(comm.get_world_size())}
+        trainer.sharding = sharding
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last: list[dict[str, Any] | None] = [None]
 
@@ -152,6 +162,51 @@ def main(args: Any) -> dict[str, Any] | None:
 def run(args: Any, cfg: Any) -> dict[str, Any] | None:
     """Evaluate (``args.eval_only``) or train the set-up config ``cfg``."""
     return evaluate_checkpoint(args, cfg) if args.eval_only else do_train(args, cfg)
+
+
+_FSDP_KEYS = ("enabled", "units", "min_params", "reshard_after_forward", "param_dtype", "reduce_dtype")
+
+
+def _sharding(cfg: Any) -> Any:
+    """``train.fsdp`` as an :class:`~d2lightning.engine.FSDPSharding`, or None (absent, or ``enabled`` False).
+
+    Raises:
+        ConfigError: naming the key, for an unknown ``train.fsdp`` key or a setting the run cannot honour.
+    """
+    from omegaconf import OmegaConf
+
+    from d2lightning.config import ConfigError
+    from d2lightning.engine import FSDPSharding
+    from d2lightning.utils import comm
+
+    section = OmegaConf.select(cfg, "train.fsdp", default=None)
+    if section is None:
+        return None
+    raw = OmegaConf.to_container(section) if OmegaConf.is_config(section) else section
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"train.fsdp must be a mapping (dict(enabled=True, ...)), got {raw!r}", key="train.fsdp")
+    settings = {str(k): v for k, v in raw.items()}
+    unknown = sorted(set(settings) - set(_FSDP_KEYS))
+    if unknown:
+        raise ConfigError(f"train.fsdp.{unknown[0]}: unknown key; train.fsdp takes {', '.join(_FSDP_KEYS)}")
+    if not settings.pop("enabled", True):
+        return None
+    if cfg.train.amp.enabled:
+        raise ConfigError(
+            "train.fsdp with train.amp.enabled=True: AMPTrainer's GradScaler does not work on sharded gradients; "
+            "set train.fsdp.param_dtype='bfloat16' (FSDP's mixed precision) instead",
+            key="train.amp.enabled",
+        )
+    if comm.get_world_size() < 2:
+        raise ConfigError(
+            "train.fsdp shards the model over several processes, but this run has one: start two or more with "
+            "`d2lightning train --num-gpus N` (N >= 2), srun or torchrun, or set train.fsdp.enabled=False",
+            key="train.fsdp",
+        )
+    try:
+        return FSDPSharding(**settings)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"train.fsdp: {e}", key="train.fsdp") from None
 
 
 def _lr_multiplier(cfg: Any) -> Any:

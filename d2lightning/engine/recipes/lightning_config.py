@@ -17,8 +17,10 @@
   (``d2lightning train --num-gpus N --num-machines M``), ``srun`` or ``torchrun``; d2lightning then joins them
   with DDP. In such a run ``STRATEGY`` may be ``"auto"`` or ``"ddp"`` and ``DEVICES`` / ``NUM_NODES`` are checked
   against the processes; in a single process they go to Lightning as they are, but more than one device or
-  node is an error (Lightning would start processes after the trainer was built). FSDP is refused (see
-  :data:`FSDP_UNSUPPORTED`).
+  node is an error (Lightning would start processes after the trainer was built). ``"fsdp"`` shards the model over
+  the processes with FSDP2 on Lightning's ``ModelParallelStrategy`` (:func:`shards_model`), cut into units as
+  ``FSDP.*`` says (:func:`sharding_from_cfg`); it needs two processes or more, and excludes ``SOLVER.AMP.ENABLED``
+  (use ``PRECISION: bf16-mixed`` or ``FSDP.PARAM_DTYPE``).
 - ``ACCELERATOR``, ``LOG_EVERY_N_STEPS``, ``DETERMINISTIC``, ``PROGRESS_BAR``: the Trainer arguments of the
   same names (the bar is an :class:`~d2lightning.engine.lightning.progress.IterationProgressBar`).
 """
@@ -35,21 +37,15 @@ from d2lightning.engine.trainer_base import _is_hook
 from d2lightning.utils import comm
 
 __all__ = [
-    "FSDP_UNSUPPORTED",
     "instantiate_class_entry",
     "lightning_callbacks_from_cfg",
     "lightning_kwargs_from_cfg",
+    "sharding_from_cfg",
+    "shards_model",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Why ``LIGHTNING.STRATEGY: fsdp`` is refused.
-FSDP_UNSUPPORTED = (
-    "FSDP is not supported by DefaultTrainer. On CPU it cannot run at all: Lightning 2.6's FSDPStrategy requires a "
-    "GPU accelerator, and torch's FullyShardedDataParallel, which it wraps, stops with 'FSDP needs a non-CPU "
-    "accelerator device'. On GPUs DefaultTrainer wraps the model with create_ddp_model (DDP) and saves full "
-    "checkpoints on rank 0, which a sharded model does not allow. Use 'ddp'."
-)
 _FULL_PRECISION = ("32", "32-true")
 _FLOAT16_MIXED = ("16", "16-mixed")
 
@@ -58,12 +54,33 @@ def _section(cfg: Any) -> Any:
     return cfg_get(cfg, "LIGHTNING", default=None)
 
 
+def shards_model(cfg: Any) -> bool:
+    """Whether ``LIGHTNING.STRATEGY`` is ``"fsdp"`` (the model is sharded, not wrapped in DDP)."""
+    return str(cfg_get(cfg, "LIGHTNING.STRATEGY", default="auto")).lower() == "fsdp"
+
+
+def sharding_from_cfg(cfg: Any) -> Any:
+    """The :class:`~d2lightning.engine.distributed.fsdp.FSDPSharding` of ``LIGHTNING.FSDP`` (None without FSDP)."""
+    from d2lightning.engine.distributed.fsdp import FSDPSharding
+
+    if not shards_model(cfg):
+        return None
+    section = cfg.LIGHTNING.FSDP
+    return FSDPSharding(
+        units=list(section.UNITS),
+        min_params=section.MIN_PARAMS,
+        reshard_after_forward=bool(section.RESHARD_AFTER_FORWARD),
+        param_dtype=section.PARAM_DTYPE,
+        reduce_dtype=section.REDUCE_DTYPE,
+    )
+
+
 def lightning_kwargs_from_cfg(cfg: Any) -> dict[str, Any]:
     """Trainer arguments from ``cfg.LIGHTNING`` (``{}`` without that section); see the module docstring.
 
     Raises:
-        ValueError: naming the key, for a logger that cannot be built, mixed precision set twice, FSDP, or a
-            device count that the processes of the run contradict.
+        ValueError: naming the key, for a logger that cannot be built, mixed precision set twice, FSDP in one
+            process or with AMPTrainer, or a device count that the processes of the run contradict.
     """
     from lightning.pytorch.loggers import Logger
 
@@ -79,6 +96,11 @@ def lightning_kwargs_from_cfg(cfg: Any) -> dict[str, Any]:
     if section.ACCELERATOR != "auto":
         kwargs["accelerator"] = section.ACCELERATOR
     kwargs.update(_parallel_kwargs(section))
+    if shards_model(cfg) and cfg_get(cfg, "SOLVER.AMP.ENABLED", default=False):
+        raise ValueError(
+            "SOLVER.AMP.ENABLED with LIGHTNING.STRATEGY='fsdp': AMPTrainer's GradScaler does not work on sharded "
+            "gradients; use LIGHTNING.PRECISION 'bf16-mixed' (or LIGHTNING.FSDP.PARAM_DTYPE) instead"
+        )
     loggers = []
     for i, entry in enumerate(section.LOGGERS):
         lg = instantiate_class_entry(entry, f"LIGHTNING.LOGGERS[{i}]", cfg)
@@ -182,10 +204,19 @@ def _precision(cfg: Any, section: Any) -> Any:
 def _parallel_kwargs(section: Any) -> dict[str, Any]:
     """``strategy`` / ``devices`` / ``num_nodes`` (see the module docstring)."""
     strategy, devices, num_nodes = section.STRATEGY, section.DEVICES, section.NUM_NODES
-    if str(strategy).lower().startswith("fsdp"):
-        raise ValueError(f"LIGHTNING.STRATEGY={strategy!r}: {FSDP_UNSUPPORTED}")
     count = _device_count(devices)
     world = comm.get_world_size()
+    fsdp = str(strategy).lower() == "fsdp"
+    if str(strategy).lower().startswith("fsdp") and not fsdp:
+        raise ValueError(
+            f"LIGHTNING.STRATEGY={strategy!r}: d2lightning shards detectron2 models with FSDP2; use 'fsdp' and the "
+            "LIGHTNING.FSDP.* keys (CPU offload is not supported)"
+        )
+    if fsdp and world < 2:
+        raise ValueError(
+            "LIGHTNING.STRATEGY='fsdp' shards the model over several processes, but this run has one: start two or "
+            "more with `d2lightning train --num-gpus N` (N >= 2), srun or torchrun, or use 'auto' for one process"
+        )
     if world > 1:
         local = comm.get_local_size()
         if count is not None and count != local:
@@ -197,10 +228,14 @@ def _parallel_kwargs(section: Any) -> dict[str, Any]:
             raise ValueError(
                 f"LIGHTNING.NUM_NODES={num_nodes}, but this run spans {world // local} machines (--num-machines)"
             )
+        if fsdp:
+            from d2lightning.engine.distributed.fsdp import fsdp_strategy
+
+            return {"strategy": fsdp_strategy(world)}
         if strategy not in ("auto", "ddp"):
             raise ValueError(
                 f"LIGHTNING.STRATEGY={strategy!r}: the processes of this run train with DDP, which d2lightning "
-                "joins itself; use 'auto' or 'ddp'"
+                "joins itself; use 'auto', 'ddp' or 'fsdp'"
             )
         return {}
     if (count is not None and count > 1) or num_nodes > 1:

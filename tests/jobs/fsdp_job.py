@@ -1,0 +1,230 @@
+"""Module-level workers of the FSDP tests (2 CPU processes under ``launch``, gloo): spawned processes import them.
+
+Each worker writes ``rank{r}.json`` (see :func:`tests.helpers.distributed.write_result`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tests.helpers.distributed import write_result
+
+MAX_ITER = 10
+
+
+class Net(nn.Module):
+    """Two blocks (so that a size threshold makes them units) with dropout: resume needs every rank's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64))
+        self.block2 = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+        self.head = nn.Linear(32, 1)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.head(self.drop(self.block2(self.block1(batch)))).pow(2).mean()}
+
+
+def rank_batches(rank: int) -> Any:
+    """Every rank its own fixed batch (a stream with no position, so that a resume sees the same data)."""
+    batch = torch.randn(8, 16, generator=torch.Generator().manual_seed(100 + rank))
+    while True:
+        yield batch
+
+
+def _local_numel(model: nn.Module) -> int:
+    from torch.distributed.tensor import DTensor
+
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
+
+
+def simple_trainer(out_dir: str, strategy: str, resume_from: str) -> None:
+    """SimpleTrainer.train with ``lightning_kwargs={"strategy": ...}``, AdamW, a checkpointer on rank 0 only (as
+    detectron2's scripts register it), from scratch or resumed from ``resume_from``."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.engine import FSDPSharding, HookBase, SimpleTrainer, hooks
+    from d2lightning.utils import comm
+
+    torch.manual_seed(comm.get_rank())  # ranks build different models, as detectron2 seeds them: rank 0's wins
+    model = Net()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, rank_batches(comm.get_rank()), optimizer)
+    if strategy == "fsdp":
+        trainer.lightning_kwargs = {"strategy": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)}
+        trainer.sharding = FSDPSharding(min_params=1000)
+    run_dir = os.path.join(out_dir, "run")
+    checkpointer = DetectionCheckpointer(model, run_dir, optimizer=optimizer, trainer=trainer)
+    seen: dict[str, Any] = {}
+
+    class Probe(HookBase):
+        def after_step(self) -> None:
+            seen["local_numel"] = _local_numel(self.trainer.model)
+            seen["numel"] = sum(p.numel() for p in self.trainer.model.parameters())
+
+    trainer.register_hooks(
+        [
+            Probe(),
+            hooks.PeriodicCheckpointer(checkpointer, 5) if comm.is_main_process() else None,
+        ]
+    )
+    start = 0
+    if resume_from:
+        checkpointer.load(resume_from)
+        start = trainer.iter + 1
+    trainer.train(start, MAX_ITER)
+    write_result(out_dir, comm.get_rank(), {"start": start, "iter": trainer.iter, **seen})
+
+
+def plain_trainer(out_dir: str, strategy: str) -> None:
+    """A Lightning user's Trainer with ``D2LightningModule`` and ``strategy=ModelParallelStrategy(...)`` (or DDP)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    from d2lightning.engine import D2LightningModule
+    from d2lightning.engine.distributed.cluster import lightning_cluster_environment
+    from d2lightning.utils import comm
+
+    torch.manual_seed(comm.get_rank())
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    module = D2LightningModule(model, rank_batches(comm.get_rank()), optimizer)
+    chosen = (
+        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        if strategy == "fsdp"
+        else DDPStrategy(broadcast_buffers=False)
+    )
+    plugin = lightning_cluster_environment()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=chosen,
+        plugins=[plugin] if plugin is not None else None,
+        max_steps=MAX_ITER,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    local: list[int] = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            local.append(_local_numel(model))
+
+    trainer.callbacks.append(Probe())
+    trainer.fit(module)
+    from d2lightning.engine.distributed.fsdp import FullStates
+
+    states = FullStates(model, None, keep=True, current_iteration=lambda: 0)
+    states.gather(0)  # every rank: the full weights
+    weights = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
+    states.close()
+    write_result(
+        out_dir,
+        comm.get_rank(),
+        {"global_step": trainer.global_step, "local_numel": local[-1], "weights": weights},
+    )
+
+
+def lightning_checkpoint(out_dir: str, strategy: str) -> None:
+    """Lightning's own ModelCheckpoint on a sharded fit (its distributed checkpoint folder) or a DDP fit, and
+    ``fit(ckpt_path=...)`` from it: 5 + 5 iterations end with the weights of 10 (dropout: every rank's RNG)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from d2lightning.engine import D2LightningModule
+    from d2lightning.engine.distributed.cluster import lightning_cluster_environment
+    from d2lightning.engine.distributed.fsdp import FullStates, fsdp_strategy
+    from d2lightning.utils import comm
+
+    def fit(ckpt_path: str | None, callbacks: list[Any]) -> dict[str, list[float]]:
+        torch.manual_seed(0)
+        model = Net()
+        module = D2LightningModule(model, rank_batches(comm.get_rank()), torch.optim.AdamW(model.parameters()))
+        plugin = lightning_cluster_environment()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy=fsdp_strategy(2) if strategy == "fsdp" else DDPStrategy(broadcast_buffers=False),
+            plugins=[plugin] if plugin is not None else None,
+            max_steps=MAX_ITER,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            default_root_dir=out_dir,
+        )
+        trainer.fit(module, ckpt_path=ckpt_path)
+        states = FullStates(model, None, keep=True, current_iteration=lambda: 0)
+        states.gather(0)
+        weights = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
+        states.close()
+        return weights
+
+    every5 = ModelCheckpoint(dirpath=os.path.join(out_dir, "ckpt"), every_n_train_steps=5, save_top_k=-1)
+    straight = fit(None, [every5])
+    saved = sorted(os.listdir(os.path.join(out_dir, "ckpt")))
+    resumed = fit(os.path.join(out_dir, "ckpt", "epoch=0-step=5.ckpt"), [])
+    write_result(out_dir, comm.get_rank(), {"saved": saved, "straight": straight, "resumed": resumed})
+
+
+def refusals(out_dir: str) -> None:
+    """What cannot be sharded: each fit fails at once with its one line (every rank)."""
+    import lightning.pytorch as pl  # noqa: F401
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from d2lightning.engine import AMPTrainer, FSDPSharding, SimpleTrainer, create_ddp_model, hooks
+    from d2lightning.utils import comm
+
+    found: dict[str, str] = {}
+
+    def attempt(name: str, trainer: Any, strategy: Any) -> None:
+        trainer.lightning_kwargs = {"strategy": strategy}
+        try:
+            trainer.train(0, 2)
+        except Exception as e:
+            found[name] = f"{type(e).__name__}: {e}"
+        else:
+            found[name] = "trained"
+
+    def fsdp() -> Any:
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+
+    def fresh(cls: Any = SimpleTrainer, wrap: bool = False, **kwargs: Any) -> Any:
+        torch.manual_seed(0)
+        model = Net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        return cls(create_ddp_model(model) if wrap else model, rank_batches(comm.get_rank()), optimizer, **kwargs)
+
+    attempt("tensor_parallel", fresh(), ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
+    attempt("ddp_wrapped", fresh(wrap=True), fsdp())
+    attempt("grad_scaler", fresh(AMPTrainer, grad_scaler=torch.amp.GradScaler("cpu")), fsdp())
+    ema = fresh()
+    ema.register_hooks([hooks.EMA(0.9)])
+    attempt("ema", ema, fsdp())
+    tied = fresh()
+    tied.model.extra = tied.model.block1[0]  # the same Linear in two places: block1 and the model itself
+    tied.sharding = FSDPSharding(units=["block1"])
+    attempt("tied", tied, fsdp())
+    write_result(out_dir, comm.get_rank(), found)
+
+
+def run(out_dir: str, job: str, *args: Any) -> None:
+    """Dispatch by name (the spawned workers get plain arguments)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    jobs = {
+        "simple_trainer": simple_trainer,
+        "plain_trainer": plain_trainer,
+        "lightning_checkpoint": lightning_checkpoint,
+        "refusals": refusals,
+    }
+    jobs[job](out_dir, *args)
