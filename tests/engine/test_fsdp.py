@@ -218,6 +218,7 @@ def test_what_cannot_be_sharded_fails_at_once_in_one_line(tmp_path: Path) -> Non
     assert "tensor_parallel_size=2: d2lightning shards detectron2 models with FSDP only" in r0["tensor_parallel"]
     assert "wrapped in DistributedDataParallel (create_ddp_model): give the trainer the bare model" in r0["ddp_wrapped"]
     assert "grad_scaler=GradScaler" in r0["grad_scaler"] and "ShardedGradScaler" in r0["grad_scaler"]
+    assert r0["sharded_grad_scaler"] == "trained"  # what the message proposes works
     assert r0["ema"].startswith("ValueError: EMA cannot run with FSDP")
     assert "parameter 'extra.weight' is tied to one in 'block1'" in r0["tied"]
     assert all("\n" not in message for message in r0.values())

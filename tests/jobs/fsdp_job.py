@@ -208,6 +208,9 @@ def refusals(out_dir: str) -> None:
     attempt("tensor_parallel", fresh(), ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
     attempt("ddp_wrapped", fresh(wrap=True), fsdp())
     attempt("grad_scaler", fresh(AMPTrainer, grad_scaler=torch.amp.GradScaler("cpu")), fsdp())
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    attempt("sharded_grad_scaler", fresh(AMPTrainer, grad_scaler=ShardedGradScaler(device="cpu")), fsdp())
     ema = fresh()
     ema.register_hooks([hooks.EMA(0.9)])
     attempt("ema", ema, fsdp())
