@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tests.helpers.distributed import write_result
+from tests.helpers.sharding import ShardProbe, local_numel
 
 MAX_ITER = 10
 
@@ -38,19 +39,13 @@ def rank_batches(rank: int) -> Any:
         yield batch
 
 
-def _local_numel(model: nn.Module) -> int:
-    from torch.distributed.tensor import DTensor
-
-    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
-
-
 def simple_trainer(out_dir: str, strategy: str, resume_from: str) -> None:
     """SimpleTrainer.train with ``lightning_kwargs={"strategy": ...}``, AdamW, a checkpointer on rank 0 only (as
     detectron2's scripts register it), from scratch or resumed from ``resume_from``."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     from d2lightning.checkpoint import DetectionCheckpointer
-    from d2lightning.engine import FSDPSharding, HookBase, SimpleTrainer, hooks
+    from d2lightning.engine import FSDPSharding, SimpleTrainer, hooks
     from d2lightning.utils import comm
 
     torch.manual_seed(comm.get_rank())  # ranks build different models, as detectron2 seeds them: rank 0's wins
@@ -64,14 +59,9 @@ def simple_trainer(out_dir: str, strategy: str, resume_from: str) -> None:
     checkpointer = DetectionCheckpointer(model, run_dir, optimizer=optimizer, trainer=trainer)
     seen: dict[str, Any] = {}
 
-    class Probe(HookBase):
-        def after_step(self) -> None:
-            seen["local_numel"] = _local_numel(self.trainer.model)
-            seen["numel"] = sum(p.numel() for p in self.trainer.model.parameters())
-
     trainer.register_hooks(
         [
-            Probe(),
+            ShardProbe(seen),
             hooks.PeriodicCheckpointer(checkpointer, 5) if comm.is_main_process() else None,
         ]
     )
@@ -117,7 +107,7 @@ def plain_trainer(out_dir: str, strategy: str) -> None:
 
     class Probe(pl.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
-            local.append(_local_numel(model))
+            local.append(local_numel(model))
 
     trainer.callbacks.append(Probe())
     trainer.fit(module)
