@@ -212,6 +212,16 @@ def test_lightning_model_checkpoint_resumes_every_rank_exactly_with_fit_ckpt_pat
 
 
 @pytest.mark.slow
+def test_fsdp_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights(tmp_path: Path) -> None:
+    for r in _launch(tmp_path, "mixed_precision"):
+        assert r["forward_dtypes"] == ["torch.bfloat16"]
+        assert r["param_dtypes"] == ["torch.float32"]
+        assert 0.0 < r["loss"] < 100.0
+    final = _model_state(tmp_path / "run" / "model_final.pth")
+    assert {str(v.dtype) for v in final.values()} == {"torch.float32"}
+
+
+@pytest.mark.slow
 def test_what_cannot_be_sharded_fails_at_once_in_one_line(tmp_path: Path) -> None:
     r0, r1 = _launch(tmp_path, "refusals")
     assert r0 == r1

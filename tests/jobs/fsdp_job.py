@@ -167,6 +167,34 @@ def lightning_checkpoint(out_dir: str, strategy: str) -> None:
     write_result(out_dir, comm.get_rank(), {"saved": saved, "straight": straight, "resumed": resumed})
 
 
+def mixed_precision(out_dir: str) -> None:
+    """FSDP's own mixed precision (``param_dtype="bfloat16"``): units compute in bfloat16, the sharded weights,
+    gradients and the checkpoint stay float32."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.engine import FSDPSharding, HookBase, SimpleTrainer, hooks
+    from d2lightning.engine.distributed.fsdp import fsdp_strategy
+    from d2lightning.utils import comm
+
+    torch.manual_seed(0)
+    model = Net()
+    seen: dict[str, Any] = {"forward_dtypes": set()}
+    model.block1[0].register_forward_hook(lambda m, args, out: seen["forward_dtypes"].add(str(out.dtype)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = SimpleTrainer(model, rank_batches(comm.get_rank()), optimizer)
+    trainer.lightning_kwargs = {"strategy": fsdp_strategy(2)}
+    trainer.sharding = FSDPSharding(param_dtype="bfloat16", reduce_dtype="float32")
+
+    class Dtypes(HookBase):
+        def after_step(self) -> None:
+            seen["param_dtypes"] = sorted({str(p.dtype) for p in self.trainer.model.parameters()})
+            seen["loss"] = self.trainer.storage.history("total_loss").latest()
+
+    checkpointer = DetectionCheckpointer(model, os.path.join(out_dir, "run"), trainer=trainer)
+    trainer.register_hooks([Dtypes(), hooks.PeriodicCheckpointer(checkpointer, 4) if comm.is_main_process() else None])
+    trainer.train(0, 4)
+    write_result(out_dir, comm.get_rank(), {**seen, "forward_dtypes": sorted(seen["forward_dtypes"])})
+
+
 def refusals(out_dir: str) -> None:
     """What cannot be sharded: each fit fails at once with its one line (every rank)."""
     import lightning.pytorch as pl  # noqa: F401
@@ -218,6 +246,7 @@ def run(out_dir: str, job: str, *args: Any) -> None:
         "simple_trainer": simple_trainer,
         "plain_trainer": plain_trainer,
         "lightning_checkpoint": lightning_checkpoint,
+        "mixed_precision": mixed_precision,
         "refusals": refusals,
     }
     jobs[job](out_dir, *args)
