@@ -212,6 +212,24 @@ def test_lightning_model_checkpoint_resumes_every_rank_exactly_with_fit_ckpt_pat
 
 
 @pytest.mark.slow
+def test_evaluation_best_checkpoint_and_writers_on_a_sharded_model(tmp_path: Path) -> None:
+    """EvalHook + inference_on_dataset with 3 batches on rank 0 and 5 on rank 1 (the weights are gathered once, so the
+    ranks do not wait for each other per batch), BestCheckpointer and PeriodicWriter on the main process only."""
+    r0, r1 = _launch(tmp_path, "hooks_under_fsdp")
+    assert (r0["iter"], r1["iter"], r0["test_batches"], r1["test_batches"]) == (6, 6, 3, 5)
+    run_dir = tmp_path / "run"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
+    evaluations = [m for m in metrics if "score/neg_loss" in m]
+    # the last evaluation runs in after_train (iteration 6, detectron2's numbering), and BestCheckpointer saves there
+    assert [(m["iteration"], m["score/batches"]) for m in evaluations] == [(2, 8.0), (6, 8.0)]
+    best = torch.load(run_dir / "model_best.pth", map_location="cpu", weights_only=False)
+    assert best["iteration"] == 6
+    assert all(type(v) is torch.Tensor for v in best["model"].values())
+    assert len(best["trainer"]["rng"]["ranks"]) == 2
+    assert set(best["model"]) == set(Net().state_dict())
+
+
+@pytest.mark.slow
 def test_fsdp_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights(tmp_path: Path) -> None:
     for r in _launch(tmp_path, "mixed_precision"):
         assert r["forward_dtypes"] == ["torch.bfloat16"]

@@ -167,6 +167,54 @@ def lightning_checkpoint(out_dir: str, strategy: str) -> None:
     write_result(out_dir, comm.get_rank(), {"saved": saved, "straight": straight, "resumed": resumed})
 
 
+def hooks_under_fsdp(out_dir: str) -> None:
+    """detectron2's standard hooks on a sharded model: an EvalHook running inference_on_dataset over a different
+    number of batches on each rank (no collective per batch), a BestCheckpointer and a PeriodicWriter on the main
+    process only, PreciseBN-free (the model has no BatchNorm)."""
+    from d2lightning.checkpoint import DetectionCheckpointer
+    from d2lightning.engine import SimpleTrainer, default_writers, hooks
+    from d2lightning.engine.distributed.fsdp import fsdp_strategy
+    from d2lightning.evaluation import DatasetEvaluator, inference_on_dataset
+    from d2lightning.utils import comm
+
+    class MeanOutput(DatasetEvaluator):
+        def reset(self) -> None:
+            self.values: list[float] = []
+
+        def process(self, inputs: Any, outputs: Any) -> None:
+            self.values.append(float(outputs["loss"]))
+
+        def evaluate(self) -> dict[str, Any]:
+            everyone = [v for values in comm.all_gather(self.values) for v in values]
+            return {"score": {"neg_loss": -sum(everyone) / len(everyone), "batches": float(len(everyone))}}
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    trainer = SimpleTrainer(model, rank_batches(comm.get_rank()), optimizer)
+    trainer.lightning_kwargs = {"strategy": fsdp_strategy(2)}
+    rank = comm.get_rank()
+    test_batches = [torch.randn(4, 16, generator=torch.Generator().manual_seed(i)) for i in range(3 + 2 * rank)]
+
+    def evaluate() -> dict[str, Any]:
+        results = inference_on_dataset(model, test_batches, MeanOutput())
+        return {**results, "progress": float(trainer.iter)}  # better at every evaluation: BestCheckpointer saves
+
+    run_dir = os.path.join(out_dir, "run")
+    checkpointer = DetectionCheckpointer(model, run_dir, trainer=trainer)
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.EvalHook(3, evaluate),
+            hooks.BestCheckpointer(3, checkpointer, "progress", "max") if main else None,
+            hooks.PeriodicWriter(default_writers(run_dir, 6), period=3) if main else None,
+        ]
+    )
+    trainer.train(0, 6)
+    write_result(out_dir, rank, {"iter": trainer.iter, "test_batches": len(test_batches)})
+
+
 def mixed_precision(out_dir: str) -> None:
     """FSDP's own mixed precision (``param_dtype="bfloat16"``): units compute in bfloat16, the sharded weights,
     gradients and the checkpoint stay float32."""
@@ -247,6 +295,7 @@ def run(out_dir: str, job: str, *args: Any) -> None:
         "plain_trainer": plain_trainer,
         "lightning_checkpoint": lightning_checkpoint,
         "mixed_precision": mixed_precision,
+        "hooks_under_fsdp": hooks_under_fsdp,
         "refusals": refusals,
     }
     jobs[job](out_dir, *args)

@@ -274,7 +274,8 @@ class TrainingRun(Callback):
         self.scope.insert_callbacks(self.pl_trainer, position, [_GatheringPoint(self)])
 
     def on_train_end(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``iter = global_step`` (``max_iter``, lowered after an early stop), ``after_train``."""
+        """``iter = global_step`` (``max_iter``, lowered after an early stop), ``after_train`` — with several
+        processes, after gathering the ranks' states once more for what ``after_train`` saves at that iteration."""
         if self.phase != _TRAINING:
             return
         d2_trainer = self.d2_trainer
@@ -283,6 +284,8 @@ class TrainingRun(Callback):
             logger.info("Training stopped early after iteration %d (max_iter was %d)", done - 1, d2_trainer.max_iter)
             d2_trainer.max_iter = done
         d2_trainer.iter = done
+        if self._checkpoint_periods:  # after_train may save at iteration max_iter (BestCheckpointer's last look)
+            d2_trainer.gather_rank_states()
         self._finish()
 
     def on_exception(self, pl_trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
