@@ -28,6 +28,7 @@ from d2lightning.checkpoint.atomic import atomic_save, atomic_write_text, remove
 from d2lightning.checkpoint.integrity import CorruptCheckpointError, verify_checkpoint
 from d2lightning.checkpoint.lightning_state import merge_lightning_state, pop_lightning_state
 from d2lightning.checkpoint.model_loading import IncompatibleKeys, load_model_state, log_incompatible_keys
+from d2lightning.utils.sharding import holds_shards
 
 __all__ = ["Checkpointer", "CorruptCheckpointError", "is_checkpoint_file_name"]
 
@@ -117,6 +118,8 @@ class Checkpointer:
 
         Raises:
             ValueError: when ``name`` contains a directory part.
+            RuntimeError: when the model is sharded (FSDP) and its state is not the full one (outside the iterations
+                at which the ranks gather it).
         """
         if not self.save_dir or not self.save_to_disk:
             return
@@ -124,6 +127,13 @@ class Checkpointer:
         if os.path.basename(basename) != basename:
             raise ValueError(f"checkpoint name must be a file name without directory, got {name!r}")
         data: dict[str, Any] = {"model": self.model.state_dict()}
+        if holds_shards(data["model"]):
+            raise RuntimeError(
+                f"Cannot save {name!r}: the model is sharded (FSDP) and its state holds this rank's shards only, which "
+                "no single process could load. Save from a checkpointing hook during training (every rank gathers "
+                "the full state at its iterations), or get the full weights with "
+                "d2lightning.utils.sharding.full_state_dict(model) on every rank"
+            )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

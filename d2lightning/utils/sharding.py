@@ -11,9 +11,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["fsdp_modules", "gathered_weights", "is_sharded", "mark_resharding"]
+__all__ = ["fsdp_modules", "full_state_dict", "gathered_weights", "holds_shards", "is_sharded", "mark_resharding"]
 
 _RESHARD_ATTR = "_d2lightning_reshard_after_forward"  # the unit's own setting, restored after gathered_weights
 _GATHERED_ATTR = "_d2lightning_gathered_depth"
@@ -67,3 +68,29 @@ def gathered_weights(model: Any) -> Iterator[None]:
         for m in modules:
             m.reshard()
             m.set_reshard_after_forward(getattr(m, _RESHARD_ATTR, True))
+
+
+def holds_shards(value: Any) -> bool:
+    """Whether ``value`` (a tensor, or a dict/list of them, such as a state dict) holds a sharded tensor (DTensor)."""
+    if isinstance(value, dict):
+        return any(holds_shards(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(holds_shards(v) for v in value)
+    if not isinstance(value, torch.Tensor):
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, DTensor)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` with every shard gathered: full tensors on the CPU, on every rank (a collective: every
+    rank calls it). For a model that is not sharded, its state dict on the CPU."""
+    from torch.distributed.tensor import DTensor
+
+    return {
+        key: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+        if isinstance(value, torch.Tensor)
+        else value
+        for key, value in model.state_dict().items()
+    }

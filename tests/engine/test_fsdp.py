@@ -226,6 +226,11 @@ def test_evaluation_best_checkpoint_and_writers_on_a_sharded_model(tmp_path: Pat
     assert best["iteration"] == 6
     assert all(type(v) is torch.Tensor for v in best["model"].values())
     assert len(best["trainer"]["rng"]["ranks"]) == 2
+    # after the fit: a checkpointer's save of the shards is refused in one line; full_state_dict gathers them
+    assert r0["save_after_fit"].startswith("Cannot save 'after_training': the model is sharded (FSDP)")
+    assert "\n" not in r0["save_after_fit"] and not (run_dir / "after_training.pth").exists()
+    assert r0["full_keys"] == r1["full_keys"] == sorted(Net().state_dict())
+    assert r0["full_types"] == ["Tensor"]
     assert set(best["model"]) == set(Net().state_dict())
 
 

@@ -176,6 +176,7 @@ def hooks_under_fsdp(out_dir: str) -> None:
     from d2lightning.engine.distributed.fsdp import fsdp_strategy
     from d2lightning.evaluation import DatasetEvaluator, inference_on_dataset
     from d2lightning.utils import comm
+    from d2lightning.utils.sharding import full_state_dict
 
     class MeanOutput(DatasetEvaluator):
         def reset(self) -> None:
@@ -212,7 +213,16 @@ def hooks_under_fsdp(out_dir: str) -> None:
         ]
     )
     trainer.train(0, 6)
-    write_result(out_dir, rank, {"iter": trainer.iter, "test_batches": len(test_batches)})
+    after: dict[str, Any] = {}
+    if main:  # after the fit the model stays sharded: a save of its shards is refused
+        try:
+            checkpointer.save("after_training")
+        except RuntimeError as e:
+            after["save_after_fit"] = str(e)
+    full = full_state_dict(model)  # every rank
+    after["full_keys"] = sorted(full)
+    after["full_types"] = sorted({type(v).__name__ for v in full.values()})
+    write_result(out_dir, rank, {"iter": trainer.iter, "test_batches": len(test_batches), **after})
 
 
 def mixed_precision(out_dir: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from d2lightning.utils.sharding import mark_resharding
+from d2lightning.utils.sharding import holds_shards, mark_resharding
 
 __all__ = [
     "FSDPSharding",
@@ -350,7 +350,7 @@ class FullStates:
             )
 
     def _model_hook(self, module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-        if self._gathering or prefix or not _holds_shards(state):
+        if self._gathering or prefix or not holds_shards(state):
             return  # gathering now, or a state_dict call from a parent (Lightning's own checkpoint)
         self._ready("model")
         assert self._model_state is not None
@@ -358,23 +358,11 @@ class FullStates:
         state.update(self._model_state)
 
     def _optimizer_hook(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any] | None:
-        if self._gathering or not _holds_shards(state) or not self._is_ready():
+        if self._gathering or not holds_shards(state) or not self._is_ready():
             # outside a gathered iteration the shards are returned as they are (Lightning's own checkpoints save
             # the optimizer through the strategy); a detectron2 checkpointer there fails on the model first
             return None
         return self._optimizer_state
-
-
-def _holds_shards(value: Any) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(value, DTensor):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_shards(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_shards(v) for v in value)
-    return False
 
 
 #: Hooks that cannot work on a sharded model, and why (by class name: d2lightning's and detectron2's alike).
