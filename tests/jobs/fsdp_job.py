@@ -73,92 +73,77 @@ def simple_trainer(out_dir: str, strategy: str, resume_from: str) -> None:
     write_result(out_dir, comm.get_rank(), {"start": start, "iter": trainer.iter, **seen})
 
 
+def _two_process_trainer(strategy: str, **kwargs: Any) -> Any:
+    """A Lightning user's Trainer on this launched run's 2 CPU processes: ``ModelParallelStrategy`` for FSDP, else
+    DDP; ``kwargs`` go to the Trainer."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from d2lightning.engine.distributed.cluster import lightning_cluster_environment
+    from d2lightning.engine.distributed.fsdp import fsdp_strategy
+
+    plugin = lightning_cluster_environment()
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=fsdp_strategy(2) if strategy == "fsdp" else DDPStrategy(broadcast_buffers=False),
+        plugins=[plugin] if plugin is not None else None,
+        max_steps=MAX_ITER,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def _full_weights(model: nn.Module) -> dict[str, list[float]]:
+    """The model's full weights on every rank (a collective), as lists."""
+    from d2lightning.utils.sharding import full_state_dict
+
+    return {k: v.flatten().tolist() for k, v in full_state_dict(model).items()}
+
+
 def plain_trainer(out_dir: str, strategy: str) -> None:
     """A Lightning user's Trainer with ``D2LightningModule`` and ``strategy=ModelParallelStrategy(...)`` (or DDP)."""
     import lightning.pytorch as pl
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
     from d2lightning.engine import D2LightningModule
-    from d2lightning.engine.distributed.cluster import lightning_cluster_environment
     from d2lightning.utils import comm
 
     torch.manual_seed(comm.get_rank())
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     module = D2LightningModule(model, rank_batches(comm.get_rank()), optimizer)
-    chosen = (
-        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-        if strategy == "fsdp"
-        else DDPStrategy(broadcast_buffers=False)
-    )
-    plugin = lightning_cluster_environment()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=chosen,
-        plugins=[plugin] if plugin is not None else None,
-        max_steps=MAX_ITER,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
     local: list[int] = []
 
     class Probe(pl.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
             local.append(local_numel(model))
 
-    trainer.callbacks.append(Probe())
+    trainer = _two_process_trainer(strategy, enable_checkpointing=False, callbacks=[Probe()])
     trainer.fit(module)
-    from d2lightning.engine.distributed.fsdp import FullStates
-
-    states = FullStates(model, None, keep=True, current_iteration=lambda: 0)
-    states.gather(0)  # every rank: the full weights
-    weights = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
-    states.close()
     write_result(
         out_dir,
         comm.get_rank(),
-        {"global_step": trainer.global_step, "local_numel": local[-1], "weights": weights},
+        {"global_step": trainer.global_step, "local_numel": local[-1], "weights": _full_weights(model)},
     )
 
 
 def lightning_checkpoint(out_dir: str, strategy: str) -> None:
     """Lightning's own ModelCheckpoint on a sharded fit (its distributed checkpoint folder) or a DDP fit, and
     ``fit(ckpt_path=...)`` from it: 5 + 5 iterations end with the weights of 10 (dropout: every rank's RNG)."""
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.strategies import DDPStrategy
 
     from d2lightning.engine import D2LightningModule
-    from d2lightning.engine.distributed.cluster import lightning_cluster_environment
-    from d2lightning.engine.distributed.fsdp import FullStates, fsdp_strategy
     from d2lightning.utils import comm
 
     def fit(ckpt_path: str | None, callbacks: list[Any]) -> dict[str, list[float]]:
         torch.manual_seed(0)
         model = Net()
         module = D2LightningModule(model, rank_batches(comm.get_rank()), torch.optim.AdamW(model.parameters()))
-        plugin = lightning_cluster_environment()
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=2,
-            strategy=fsdp_strategy(2) if strategy == "fsdp" else DDPStrategy(broadcast_buffers=False),
-            plugins=[plugin] if plugin is not None else None,
-            max_steps=MAX_ITER,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=callbacks,
-            default_root_dir=out_dir,
-        )
+        trainer = _two_process_trainer(strategy, callbacks=callbacks, default_root_dir=out_dir)
         trainer.fit(module, ckpt_path=ckpt_path)
-        states = FullStates(model, None, keep=True, current_iteration=lambda: 0)
-        states.gather(0)
-        weights = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
-        states.close()
-        return weights
+        return _full_weights(model)
 
     every5 = ModelCheckpoint(dirpath=os.path.join(out_dir, "ckpt"), every_n_train_steps=5, save_top_k=-1)
     straight = fit(None, [every5])

@@ -208,16 +208,13 @@ class TrainingRun(Callback):
         check_hooks_for_sharding(self.hooks)
         _check_grad_scaler(getattr(d2_trainer, "grad_scaler", None))
         optimizer = getattr(d2_trainer, "optimizer", None)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = None
         if not is_sharded(model):  # (an earlier fit may have sharded it already)
             sharding = getattr(d2_trainer, "sharding", None) or FSDPSharding()
-            units = sharding.apply(model, mesh, optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
+            units = sharding.apply(model, mesh, optimizer)
             logger.info("FSDP over %d processes, sharding units: %s", mesh.size(), units[:-1] or "the model as one")
-        states = FullStates(
-            model,
-            optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
-            keep=comm.is_main_process(),
-            current_iteration=lambda: d2_trainer.iter,
-        )
+        states = FullStates(model, optimizer, keep=comm.is_main_process(), current_iteration=lambda: d2_trainer.iter)
         self.scope.on_close(states.close)
         return states
 
